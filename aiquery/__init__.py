@@ -1,0 +1,20 @@
+"""aiquery: Databricks-style ai_query() for DuckDB.
+
+    import aiquery
+    con = aiquery.connect(endpoints={"chat": {"base_url": "http://localhost:8080/v1", "model": "m"}})
+    con.sql("SELECT ai_query('chat', 'Say hi')").fetchall()
+"""
+
+from ._config import Endpoint
+from ._errors import (AIQueryError, ArgumentError, ConfigError, HTTPStatusError, OutputError, RequestError,
+                      ResponseError, TransportError, UnknownEndpointError)
+from ._registration import connect, register
+from ._transport import AiohttpTransport, HttpxTransport
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AIQueryError", "AiohttpTransport", "ArgumentError", "ConfigError", "Endpoint", "HTTPStatusError",
+    "HttpxTransport", "OutputError", "RequestError", "ResponseError", "TransportError", "UnknownEndpointError",
+    "connect", "register",
+]

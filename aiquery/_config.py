@@ -1,0 +1,150 @@
+"""Endpoint settings: every default named once, and where settings are read from.
+
+Settings come from (later wins): an `aiquery.toml` (or the file named by AIQUERY_CONFIG, or the
+`config=` path) under `[endpoints.NAME]`, then the `endpoints=` mapping passed in Python.
+Keys are never read from files: a setting names the environment variable that holds the key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ._errors import ConfigError
+
+TASKS = ("chat", "completions", "embeddings", "custom")
+PROVIDERS = ("openai", "databricks")
+
+DEFAULT_TASK = "chat"
+DEFAULT_PROVIDER = "openai"
+OPENAI_BASE_URL = "https://api.openai.com/v1"
+OPENAI_KEY_ENV = "OPENAI_API_KEY"
+DATABRICKS_KEY_ENV = "DATABRICKS_TOKEN"
+DEFAULT_MAX_CONCURRENCY = 32
+DEFAULT_TIMEOUT = 120.0            # seconds for one HTTP request, body included
+DEFAULT_EMBEDDING_BATCH_SIZE = 64  # inputs per embeddings request
+DEFAULT_MAX_ATTEMPTS = 6           # first try included
+DEFAULT_MAX_RETRY_TIME = 300.0     # seconds, from the first failure of one request
+CONFIG_FILE_NAME = "aiquery.toml"
+CONFIG_ENV = "AIQUERY_CONFIG"
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """Settings of one endpoint. `name` is what SQL calls it: `ai_query('<name>', ...)`."""
+
+    task: str = DEFAULT_TASK
+    provider: str = DEFAULT_PROVIDER
+    base_url: str | None = None      # openai: the server's base URL ("http://host:port/v1")
+    model: str | None = None         # openai: the body's "model"; databricks: the serving endpoint's name
+    api_key_env: str | None = None   # name of the environment variable holding the key
+    host: str | None = None          # databricks: workspace URL (else DATABRICKS_HOST or ~/.databrickscfg)
+    profile: str | None = None       # databricks: ~/.databrickscfg profile (else DATABRICKS_CONFIG_PROFILE)
+    max_concurrency: int = DEFAULT_MAX_CONCURRENCY
+    timeout: float = DEFAULT_TIMEOUT
+    batch_size: int = DEFAULT_EMBEDDING_BATCH_SIZE
+    max_attempts: int = DEFAULT_MAX_ATTEMPTS
+    max_retry_time: float = DEFAULT_MAX_RETRY_TIME
+    model_parameters: Mapping[str, Any] = field(default_factory=dict)
+    headers: Mapping[str, str] = field(default_factory=dict)  # extra, non-secret headers
+    name: str = ""
+    source: str = "python"           # where the settings came from, shown by `aiquery endpoints`
+
+    def __post_init__(self) -> None:
+        where = f"endpoint {self.name!r}" if self.name else "endpoint"
+        if self.task not in TASKS:
+            raise ConfigError(f"{where}: task {self.task!r} is not one of {', '.join(TASKS)}")
+        if self.provider not in PROVIDERS:
+            raise ConfigError(f"{where}: provider {self.provider!r} is not one of {', '.join(PROVIDERS)}")
+        for setting in ("max_concurrency", "batch_size", "max_attempts"):
+            value = getattr(self, setting)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ConfigError(f"{where}: {setting} must be a positive integer, got {value!r}")
+        for setting in ("timeout", "max_retry_time"):
+            value = getattr(self, setting)
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0:
+                raise ConfigError(f"{where}: {setting} must be a positive number of seconds, got {value!r}")
+        if not isinstance(self.model_parameters, Mapping):
+            raise ConfigError(f"{where}: model_parameters must be a table/dict, got {self.model_parameters!r}")
+        if self.api_key_env is not None and not (isinstance(self.api_key_env, str) and self.api_key_env.isidentifier()):
+            raise ConfigError(
+                f"{where}: api_key_env must be the NAME of an environment variable (like OPENAI_API_KEY), "
+                "not the key itself")
+
+    @property
+    def key_env(self) -> str | None:
+        """The environment variable the key is read from, defaults applied."""
+        if self.api_key_env:
+            return self.api_key_env
+        if self.provider == "databricks":
+            return DATABRICKS_KEY_ENV
+        if self.base_url in (None, OPENAI_BASE_URL):
+            return OPENAI_KEY_ENV
+        return None
+
+
+SETTING_NAMES = tuple(f.name for f in dataclasses.fields(Endpoint) if f.name not in ("name", "source"))
+_SECRET_SETTINGS = ("api_key", "key", "token", "password", "secret")
+
+
+def make_endpoint(name: str, settings: Mapping[str, Any] | Endpoint, source: str) -> Endpoint:
+    """An Endpoint from a dict of settings (or an Endpoint), checked, named and stamped with its source."""
+    if not isinstance(name, str) or not name:
+        raise ConfigError(f"endpoint names must be non-empty strings, got {name!r}")
+    if isinstance(settings, Endpoint):
+        return dataclasses.replace(settings, name=name, source=source)
+    if not isinstance(settings, Mapping):
+        raise ConfigError(f"endpoint {name!r}: settings must be a dict or aiquery.Endpoint, got {type(settings).__name__}")
+    for key in settings:
+        if key in _SECRET_SETTINGS:
+            raise ConfigError(
+                f"endpoint {name!r} ({source}): never put a key in settings; export it in an environment "
+                f"variable and name that variable with api_key_env")
+        if key not in SETTING_NAMES:
+            hint = difflib.get_close_matches(key, SETTING_NAMES, n=1)
+            suggestion = f"; did you mean {hint[0]!r}?" if hint else f"; valid settings: {', '.join(SETTING_NAMES)}"
+            raise ConfigError(f"endpoint {name!r} ({source}): unknown setting {key!r}{suggestion}")
+    return Endpoint(**settings, name=name, source=source)
+
+
+def read_config_file(path: str | os.PathLike) -> dict[str, Endpoint]:
+    """The endpoints of a TOML file's `[endpoints.NAME]` tables."""
+    path = Path(path)
+    try:
+        with path.open("rb") as f:
+            data = tomllib.load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"config file {str(path)!r} does not exist") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {str(path)!r} is not valid TOML: {exc}") from None
+    tables = data.get("endpoints", {})
+    if not isinstance(tables, dict):
+        raise ConfigError(f"config file {str(path)!r}: 'endpoints' must be a table of [endpoints.NAME] tables")
+    return {name: make_endpoint(name, settings, str(path)) for name, settings in tables.items()}
+
+
+def default_config_path() -> Path | None:
+    """AIQUERY_CONFIG if set (it must exist), else ./aiquery.toml when present."""
+    named = os.environ.get(CONFIG_ENV)
+    if named:
+        return Path(named)
+    local = Path.cwd() / CONFIG_FILE_NAME
+    return local if local.is_file() else None
+
+
+def load_endpoints(endpoints: Mapping[str, Any] | None = None,
+                   config: str | os.PathLike | None = None) -> dict[str, Endpoint]:
+    """All endpoint settings for one registration: the config file first, then `endpoints` on top."""
+    path = config if config is not None else (default_config_path() if endpoints is None else None)
+    result = read_config_file(path) if path is not None else {}
+    if endpoints is not None:
+        if not isinstance(endpoints, Mapping):
+            raise ConfigError(f"endpoints must be a mapping of name to settings, got {type(endpoints).__name__}")
+        result.update({name: make_endpoint(name, s, "python") for name, s in endpoints.items()})
+    return result

@@ -1,0 +1,65 @@
+"""Every error aiquery raises.
+
+    AIQueryError
+     ├── ConfigError              settings that cannot work (bad TOML, missing host, bad key name)
+     ├── ArgumentError            an ai_query argument that cannot work (bad modelParameters, bad type string)
+     │    └── UnknownEndpointError  an endpoint name that is not registered
+     ├── RequestError             a request to an endpoint failed; carries .endpoint and .status
+     │    ├── HTTPStatusError       the endpoint answered with a non-2xx status
+     │    ├── TransportError        no answer: connection refused or reset, timeout
+     │    └── ResponseError         a 2xx answer that is not what the wire format promises
+     └── OutputError              the model's answer does not fit responseFormat / returnType
+
+Messages name the endpoint and say what to do next. They never contain an API key: keys are only
+ever read into request headers, and errors are built from endpoint names, URLs without userinfo,
+statuses and the provider's own error text.
+"""
+
+from __future__ import annotations
+
+
+class AIQueryError(Exception):
+    """Base class of every aiquery error."""
+
+
+class ConfigError(AIQueryError):
+    """Endpoint settings that cannot work."""
+
+
+class ArgumentError(AIQueryError):
+    """An argument to an aiquery SQL function that cannot work."""
+
+
+class UnknownEndpointError(ArgumentError):
+    """An endpoint name that is not registered on this connection."""
+
+
+class OutputError(AIQueryError):
+    """A model answer that does not fit the requested responseFormat or returnType."""
+
+
+class RequestError(AIQueryError):
+    """A request to an endpoint failed.
+
+    `status` is the HTTP status when there was one; `retryable` says whether trying again may help.
+    """
+
+    def __init__(self, message: str, *, endpoint: str, status: int | None = None,
+                 retryable: bool = False, retry_after: float | None = None):
+        super().__init__(message)
+        self.endpoint = endpoint
+        self.status = status
+        self.retryable = retryable
+        self.retry_after = retry_after
+
+
+class HTTPStatusError(RequestError):
+    """The endpoint answered with a non-2xx status."""
+
+
+class TransportError(RequestError):
+    """The endpoint could not be reached or did not answer in time."""
+
+
+class ResponseError(RequestError):
+    """The endpoint answered 2xx with a body that does not follow its wire format."""

@@ -1,0 +1,119 @@
+"""Where an endpoint's requests go and how they authenticate: the URL and headers, nothing else.
+
+openai:      POST {base_url}/chat/completions | /completions | /embeddings, "model" in the body.
+databricks:  POST {host}/serving-endpoints/{model or name}/invocations, no "model" in the body.
+             Host and token are found the way the Databricks SDK finds them: DATABRICKS_HOST /
+             DATABRICKS_TOKEN, else a ~/.databrickscfg profile (DATABRICKS_CONFIG_PROFILE, DEFAULT).
+Both:        `Authorization: Bearer <key>`, the key read from the environment when the request is built.
+"""
+
+from __future__ import annotations
+
+import configparser
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import quote, urlsplit
+
+from ._config import OPENAI_BASE_URL, Endpoint
+from ._errors import ConfigError
+
+_OPENAI_PATHS = {"chat": "/chat/completions", "completions": "/completions", "embeddings": "/embeddings"}
+
+
+@dataclass(frozen=True)
+class Target:
+    """A resolved destination. `key_source` says where the key came from, for 401/403 messages."""
+
+    url: str
+    sends_model: bool
+    key_source: str | None
+    _key: str | None  # never printed: repr is overridden below
+
+    def __repr__(self) -> str:
+        return f"Target(url={self.url!r}, key_source={self.key_source!r})"
+
+    @property
+    def host(self) -> str:
+        return urlsplit(self.url).hostname or ""
+
+    def headers(self, extra: dict[str, str]) -> dict[str, str]:
+        headers = {"Content-Type": "application/json", "Accept": "application/json", **extra}
+        if self._key:
+            headers["Authorization"] = f"Bearer {self._key}"
+        return headers
+
+
+def resolve(endpoint: Endpoint) -> Target:
+    """The endpoint's URL and key, read now (so a key exported after connect() is still found)."""
+    if endpoint.provider == "databricks":
+        return _databricks(endpoint)
+    return _openai(endpoint)
+
+
+def _check_url(endpoint: Endpoint, url: str, setting: str) -> str:
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(f"endpoint {endpoint.name!r}: {setting} {url!r} is not an http(s) URL")
+    if parts.username or parts.password:
+        raise ConfigError(f"endpoint {endpoint.name!r}: {setting} must not carry credentials; use api_key_env")
+    return url.rstrip("/")
+
+
+def _env_key(endpoint: Endpoint) -> tuple[str | None, str | None]:
+    env = endpoint.key_env
+    if env is None:
+        return None, None
+    return os.environ.get(env) or None, f"environment variable {env}"
+
+
+def _openai(endpoint: Endpoint) -> Target:
+    if endpoint.task == "custom":
+        raise ConfigError(f"endpoint {endpoint.name!r}: custom model endpoints need provider = 'databricks'")
+    base = _check_url(endpoint, endpoint.base_url or OPENAI_BASE_URL, "base_url")
+    key, source = _env_key(endpoint)
+    if source and key is None and endpoint.api_key_env:
+        raise ConfigError(f"endpoint {endpoint.name!r}: {source} is not set; export it with the API key "
+                          f"(api_key_env names the variable that holds the key)")
+    if source and key is None:
+        source = None  # default variable absent: send no key, and say so if the server answers 401
+    return Target(base + _OPENAI_PATHS[endpoint.task], True, source, key)
+
+
+def _databricks_profile(endpoint: Endpoint) -> tuple[dict[str, str], str]:
+    path = Path(os.environ.get("DATABRICKS_CONFIG_FILE") or Path.home() / ".databrickscfg")
+    name = endpoint.profile or os.environ.get("DATABRICKS_CONFIG_PROFILE") or "DEFAULT"
+    if not path.is_file():
+        return {}, f"{path} [{name}]"
+    parser = configparser.ConfigParser(interpolation=None)
+    try:
+        parser.read(path)
+    except configparser.Error as exc:
+        raise ConfigError(f"endpoint {endpoint.name!r}: cannot read {path}: {exc.__class__.__name__}") from None
+    if name != "DEFAULT" and not parser.has_section(name):
+        if endpoint.profile:
+            raise ConfigError(f"endpoint {endpoint.name!r}: profile [{name}] not found in {path}")
+        return {}, f"{path} [{name}]"
+    return dict(parser[name]), f"{path} [{name}]"
+
+
+def _databricks(endpoint: Endpoint) -> Target:
+    profile, profile_source = {}, ""
+    host = endpoint.host or os.environ.get("DATABRICKS_HOST")
+    key, key_source = _env_key(endpoint)
+    if not host or not key:
+        profile, profile_source = _databricks_profile(endpoint)
+    host = host or profile.get("host")
+    if not host:
+        raise ConfigError(f"endpoint {endpoint.name!r}: no Databricks host; set host in the endpoint settings, "
+                          f"export DATABRICKS_HOST, or add host to {profile_source or '~/.databrickscfg'}")
+    if not host.startswith(("http://", "https://")):
+        host = "https://" + host
+    if key is None and profile.get("token"):
+        key, key_source = profile["token"], f"token in {profile_source}"
+    if key is None:
+        raise ConfigError(f"endpoint {endpoint.name!r}: no Databricks token; export {endpoint.key_env} "
+                          f"or add token to {profile_source or '~/.databrickscfg'}")
+    serving_name = quote(endpoint.model or endpoint.name, safe="")
+    url = f"{_check_url(endpoint, host, 'host')}/serving-endpoints/{serving_name}/invocations"
+    return Target(url, False, key_source, key)

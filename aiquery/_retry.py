@@ -1,0 +1,80 @@
+"""When to try a request again, and how long to wait first.
+
+Retried: 408, 409, 429, 5xx, timeouts and connection errors (RequestError.retryable), nothing else.
+The wait honours the server's Retry-After (retry-after-ms, seconds, or an HTTP date), capped at
+MAX_RETRY_AFTER; otherwise capped exponential backoff with full jitter. Bounded by attempts AND by
+total time. The loop itself is tenacity's; `sleep` is injectable so tests never really wait.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import random
+import time
+from collections.abc import Awaitable, Callable, Mapping
+
+import tenacity
+
+from ._errors import RequestError
+
+BACKOFF_INITIAL = 0.5  # seconds before the first retry (before jitter)
+BACKOFF_MAX = 8.0      # cap of one exponential wait
+MAX_RETRY_AFTER = 60.0  # cap on what a server may ask us to wait
+
+
+def is_retryable_status(status: int) -> bool:
+    return status in (408, 409, 429) or 500 <= status <= 599
+
+
+def parse_retry_after(headers: Mapping[str, str], now: float | None = None) -> float | None:
+    """Seconds the server asked us to wait, or None. Header names are lower-case."""
+    ms = headers.get("retry-after-ms")
+    if ms is not None:
+        try:
+            return min(max(float(ms) / 1000, 0.0), MAX_RETRY_AFTER)
+        except ValueError:
+            pass
+    value = headers.get("retry-after")
+    if value is None:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            when = email.utils.parsedate_to_datetime(value).timestamp()
+        except (TypeError, ValueError, IndexError):
+            return None
+        seconds = when - (time.time() if now is None else now)
+    return min(max(seconds, 0.0), MAX_RETRY_AFTER)
+
+
+def backoff(attempt: int, rand: Callable[[], float] = random.random) -> float:
+    """Full-jitter exponential backoff for the wait after failed attempt number `attempt` (1-based)."""
+    return rand() * min(BACKOFF_MAX, BACKOFF_INITIAL * 2 ** (attempt - 1))
+
+
+def _wait(state: tenacity.RetryCallState) -> float:
+    exc = state.outcome.exception() if state.outcome else None
+    if isinstance(exc, RequestError) and exc.retry_after is not None:
+        return exc.retry_after
+    return backoff(state.attempt_number)
+
+
+def _should_retry(exc: BaseException) -> bool:
+    return isinstance(exc, RequestError) and exc.retryable
+
+
+async def call_with_retries(attempt: Callable[[], Awaitable], *, max_attempts: int, max_time: float,
+                            on_retry: Callable[[BaseException], None] | None = None,
+                            sleep: Callable[[float], Awaitable] = asyncio.sleep):
+    """Await `attempt()` until it succeeds, fails for good, or attempts / time run out (last error raised)."""
+    retrying = tenacity.AsyncRetrying(
+        stop=tenacity.stop_after_attempt(max_attempts) | tenacity.stop_after_delay(max_time),
+        wait=_wait,
+        retry=tenacity.retry_if_exception(_should_retry),
+        before_sleep=(lambda state: on_retry(state.outcome.exception())) if on_retry else None,
+        sleep=sleep,
+        reraise=True,
+    )
+    return await retrying(attempt)

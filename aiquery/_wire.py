@@ -1,0 +1,234 @@
+"""Request bodies and response parsing: the OpenAI wire format, which Databricks serving shares.
+
+Chat:        {"messages": [...], **params} -> choices[0].message.content (a string, or a list of
+             blocks for reasoning models: the "text" blocks are the answer, "reasoning" ones are not).
+Completions: {"prompt": "...", **params}  -> choices[0].text
+Embeddings:  {"input": [...], **params}   -> data[i].embedding, matched to inputs by data[i].index
+Custom:      {"dataframe_records": [record]} -> predictions[0]
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from ._errors import ArgumentError, ResponseError
+
+# Parameter types the OpenAI API documents; others pass through untouched (provider extras).
+_PARAM_TYPES: dict[str, tuple[type, ...]] = {
+    "max_tokens": (int,), "max_completion_tokens": (int,), "n": (int,), "seed": (int,),
+    "temperature": (int, float), "top_p": (int, float), "top_k": (int,),
+    "presence_penalty": (int, float), "frequency_penalty": (int, float),
+    "stop": (str, list), "reasoning_effort": (str,), "thinking": (dict,), "logprobs": (bool,),
+}
+# Set by aiquery itself from other arguments; a modelParameters entry may not override them.
+_RESERVED_PARAMS = ("messages", "prompt", "input", "model", "stream", "dataframe_records")
+
+_IMAGE_TYPES = ((b"\xff\xd8\xff", "image/jpeg"), (b"\x89PNG\r\n\x1a\n", "image/png"),
+                (b"GIF87a", "image/gif"), (b"GIF89a", "image/gif"))
+
+
+@dataclass
+class Answer:
+    """One parsed result: `value` is the text, the vector or the prediction."""
+
+    value: Any
+    usage: dict[str, int] = field(default_factory=dict)
+    finish_reason: str | None = None
+
+
+def check_model_parameters(params: Any) -> dict[str, Any]:
+    """modelParameters as a dict, with the types of well-known parameters checked."""
+    if params is None:
+        return {}
+    if not isinstance(params, Mapping):
+        raise ArgumentError(f"modelParameters must be a struct or map like {{'max_tokens': 100}}, got {params!r}")
+    out = {}
+    for name, value in params.items():
+        if value is None:
+            continue  # struct fields left NULL in SQL mean "not set"
+        if name in _RESERVED_PARAMS:
+            raise ArgumentError(f"modelParameters: {name!r} is set by ai_query itself and cannot be a parameter")
+        expected = _PARAM_TYPES.get(name)
+        if expected and (not isinstance(value, expected) or isinstance(value, bool) and bool not in expected):
+            names = " or ".join(t.__name__ for t in expected)
+            raise ArgumentError(f"modelParameters: {name!r} must be {names}, got {value!r}")
+        out[name] = value
+    return out
+
+
+def image_part(data: bytes) -> dict[str, Any]:
+    """A vision content part for an image file's bytes (JPEG, PNG, GIF or WebP)."""
+    mime = next((m for magic, m in _IMAGE_TYPES if data.startswith(magic)), None)
+    if mime is None and data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        mime = "image/webp"
+    if mime is None:
+        raise ArgumentError(f"files: {len(data)} bytes starting {data[:8]!r} are not a JPEG, PNG, GIF or WebP image")
+    url = f"data:{mime};base64,{base64.b64encode(data).decode('ascii')}"
+    return {"type": "image_url", "image_url": {"url": url}}
+
+
+def _messages(request: Any) -> list[dict[str, Any]]:
+    if isinstance(request, str):
+        return [{"role": "user", "content": request}]
+    if isinstance(request, list) and request and all(isinstance(m, Mapping) for m in request):
+        messages = []
+        for i, m in enumerate(request):
+            if not isinstance(m.get("role"), str) or "content" not in m:
+                raise ArgumentError(f"request: message {i + 1} needs 'role' and 'content' fields, got {dict(m)!r}")
+            messages.append({k: v for k, v in m.items() if v is not None})
+        return messages
+    raise ArgumentError("request for a chat endpoint must be a string prompt or a list of "
+                        f"{{'role': ..., 'content': ...}} messages, got {type(request).__name__}")
+
+
+def chat_body(request: Any, params: dict[str, Any], response_format: dict | None,
+              images: Sequence[bytes] = ()) -> dict[str, Any]:
+    messages = _messages(request)
+    if images:
+        last = next((m for m in reversed(messages) if m["role"] == "user"), None)
+        if last is None or not isinstance(last["content"], str):
+            raise ArgumentError("files: images attach to the last user message, which must be text")
+        last["content"] = [{"type": "text", "text": last["content"]}, *(image_part(b) for b in images)]
+    body = {"messages": messages, **params}
+    if response_format is not None:
+        body["response_format"] = response_format
+    return body
+
+
+def completions_body(request: Any, params: dict[str, Any]) -> dict[str, Any]:
+    if not isinstance(request, str):
+        raise ArgumentError(f"request for a completions endpoint must be a string prompt, got {type(request).__name__}")
+    return {"prompt": request, **params}
+
+
+def embeddings_body(inputs: list[str], params: dict[str, Any]) -> dict[str, Any]:
+    return {"input": inputs, **params}
+
+
+def custom_body(request: Any, params: dict[str, Any]) -> dict[str, Any]:
+    if not isinstance(request, Mapping):
+        raise ArgumentError("request for a custom model endpoint must be a struct of model inputs, "
+                            f"e.g. named_struct('x', 1) or {{'x': 1}}, got {type(request).__name__}")
+    return {"dataframe_records": [dict(request)], **params}
+
+
+def _load(payload: bytes, endpoint: str) -> Any:
+    if not payload.strip():
+        raise ResponseError(f"endpoint {endpoint!r} answered 200 with an empty body", endpoint=endpoint,
+                            status=200, retryable=True)
+    try:
+        return json.loads(payload)
+    except ValueError:
+        raise ResponseError(f"endpoint {endpoint!r} answered 200 with a body that is not JSON: "
+                            f"{_excerpt(payload)}", endpoint=endpoint, status=200, retryable=True) from None
+
+
+def _missing(endpoint: str, what: str, data: Any) -> ResponseError:
+    return ResponseError(f"endpoint {endpoint!r} answered 200 without {what}: {_excerpt(json.dumps(data).encode())}",
+                         endpoint=endpoint, status=200)
+
+
+def _usage(data: Mapping) -> dict[str, int]:
+    usage = data.get("usage")
+    if not isinstance(usage, Mapping):
+        return {}
+    return {k: v for k, v in usage.items() if isinstance(v, int) and not isinstance(v, bool)}
+
+
+def _content_text(content: Any) -> str | None:
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):  # reasoning models: keep the answer's text blocks, not the summary
+        texts = [b.get("text") for b in content if isinstance(b, Mapping) and b.get("type") == "text"]
+        if texts and all(isinstance(t, str) for t in texts):
+            return "".join(texts)
+    return None
+
+
+def _first_choice(data: Any, endpoint: str) -> Mapping:
+    choices = data.get("choices") if isinstance(data, Mapping) else None
+    if not isinstance(choices, list) or not choices or not isinstance(choices[0], Mapping):
+        raise _missing(endpoint, "choices", data)
+    return choices[0]
+
+
+def parse_chat(payload: bytes, endpoint: str) -> Answer:
+    data = _load(payload, endpoint)
+    choice = _first_choice(data, endpoint)
+    message = choice.get("message")
+    text = _content_text(message.get("content")) if isinstance(message, Mapping) else None
+    if text is None:
+        if isinstance(message, Mapping) and message.get("content") is None and message.get("refusal"):
+            raise ResponseError(f"endpoint {endpoint!r}: the model refused: {message['refusal']}",
+                                endpoint=endpoint, status=200)
+        raise _missing(endpoint, "choices[0].message.content text", data)
+    return Answer(text, _usage(data), choice.get("finish_reason"))
+
+
+def parse_completions(payload: bytes, endpoint: str) -> Answer:
+    data = _load(payload, endpoint)
+    choice = _first_choice(data, endpoint)
+    if not isinstance(choice.get("text"), str):
+        raise _missing(endpoint, "choices[0].text", data)
+    return Answer(choice["text"], _usage(data), choice.get("finish_reason"))
+
+
+def parse_embeddings(payload: bytes, endpoint: str, count: int) -> tuple[list[list[float]], dict[str, int]]:
+    data = _load(payload, endpoint)
+    items = data.get("data") if isinstance(data, Mapping) else None
+    if not isinstance(items, list) or len(items) != count:
+        got = len(items) if isinstance(items, list) else "no"
+        raise ResponseError(f"endpoint {endpoint!r} answered {got} embeddings for {count} inputs",
+                            endpoint=endpoint, status=200)
+    vectors: list[list[float] | None] = [None] * count
+    for position, item in enumerate(items):
+        index = item.get("index", position) if isinstance(item, Mapping) else None
+        vector = item.get("embedding") if isinstance(item, Mapping) else None
+        if not isinstance(index, int) or not 0 <= index < count or vectors[index] is not None:
+            raise _missing(endpoint, "a distinct data[].index per input", data)
+        if not isinstance(vector, list) or not vector or not all(isinstance(x, (int, float)) for x in vector):
+            per_token = isinstance(vector, list) and vector and all(isinstance(x, list) for x in vector)
+            why = ("one vector per token instead of one per input (a pooling setting of the server, "
+                   "e.g. llama.cpp needs --pooling mean)") if per_token else "a list of numbers in data[].embedding"
+            raise ResponseError(f"endpoint {endpoint!r} answered {why}", endpoint=endpoint, status=200)
+        vectors[index] = [float(x) for x in vector]
+    return vectors, _usage(data)  # type: ignore[return-value]
+
+
+def parse_custom(payload: bytes, endpoint: str) -> Answer:
+    data = _load(payload, endpoint)
+    predictions = data.get("predictions") if isinstance(data, Mapping) else None
+    if isinstance(predictions, Mapping):  # some models answer a dict of columns
+        predictions = [predictions]
+    if not isinstance(predictions, list) or len(predictions) != 1:
+        raise _missing(endpoint, "one prediction in 'predictions'", data)
+    return Answer(predictions[0], _usage(data))
+
+
+def error_text(payload: bytes) -> str:
+    """The provider's own error message from an error body (JSON or HTML), short."""
+    try:
+        data = json.loads(payload)
+    except ValueError:
+        data = None
+    if isinstance(data, Mapping):
+        err = data.get("error")
+        message = err.get("message") if isinstance(err, Mapping) else err
+        message = message or data.get("message") or data.get("detail")
+        if isinstance(message, str) and message:
+            code = data.get("error_code")
+            return f"{code}: {message}" if isinstance(code, str) else message
+    return _excerpt(payload)
+
+
+def _excerpt(payload: bytes, limit: int = 200) -> str:
+    text = payload.decode("utf-8", "replace")
+    if "<" in text and ">" in text:  # HTML error pages: keep the words
+        text = re.sub(r"<[^>]+>", " ", text)
+    text = " ".join(text.split())
+    return (text[:limit] + "...") if len(text) > limit else (text or "(empty body)")

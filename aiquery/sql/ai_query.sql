@@ -1,0 +1,31 @@
+-- ai_query(endpoint, request [, modelParameters, failOnError, responseFormat, returnType, files])
+--
+-- The Python UDF __aiquery_invoke answers JSON text; json_transform_strict turns it into the
+-- column's type. DuckDB must know that type at bind time, so it is computed here, from the
+-- constant arguments, with string functions only (a Python call cannot run at bind time).
+-- $EMBEDDING_ENDPOINTS and $DDL(...) are filled in at registration (aiquery/_registration.py).
+
+-- The answer's type: returnType, else a DDL responseFormat, else what the endpoint's task returns.
+CREATE OR REPLACE TEMP MACRO __aiquery_answer_type(endpoint, responseFormat, returnType) AS
+coalesce(
+    $DDL(returnType),
+    CASE WHEN NOT starts_with(ltrim(responseFormat::VARCHAR), '{') THEN $DDL(responseFormat::VARCHAR) END,
+    CASE WHEN list_contains($EMBEDDING_ENDPOINTS, endpoint) THEN 'FLOAT[]' ELSE 'VARCHAR' END);
+
+-- failOnError => false wraps every answer with the row's error text.
+CREATE OR REPLACE TEMP MACRO __aiquery_column_type(endpoint, failOnError, responseFormat, returnType) AS
+CASE WHEN failOnError THEN __aiquery_answer_type(endpoint, responseFormat, returnType)
+     ELSE 'STRUCT(response ' || __aiquery_answer_type(endpoint, responseFormat, returnType)
+          || ', errorMessage VARCHAR)' END;
+
+CREATE OR REPLACE TEMP MACRO ai_query(endpoint, request, modelParameters := NULL, failOnError := true,
+                                      responseFormat := NULL, returnType := NULL, files := NULL) AS
+json_transform_strict(
+    __aiquery_invoke(endpoint, to_json(request),
+                     to_json({'modelParameters': modelParameters, 'failOnError': failOnError,
+                              'responseFormat': responseFormat, 'returnType': returnType}),
+                     files),
+    -- nullif(endpoint, endpoint) adds nothing: it only makes DuckDB check this macro at its first use,
+    -- when the arguments are known constants, instead of at CREATE time.
+    concat(to_json(__aiquery_column_type(endpoint, failOnError, responseFormat, returnType)),
+           nullif(endpoint, endpoint)));

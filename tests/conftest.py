@@ -1,0 +1,47 @@
+"""Shared fixtures: a real fake server on 127.0.0.1 and connections whose endpoints point at it."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+import aiquery  # noqa: E402
+from fakeserver import FakeServer  # noqa: E402
+
+CANARY_KEY = "sk-canary-7f3a9c1e5b"  # must never show up in anything a user can see
+
+
+@pytest.fixture
+def server():
+    with FakeServer(api_key=CANARY_KEY) as s:
+        yield s
+
+
+@pytest.fixture
+def endpoints(server, monkeypatch, tmp_path):
+    """One endpoint of each kind, all pointing at the fake server, keys from the environment."""
+    monkeypatch.setenv("FAKE_KEY", CANARY_KEY)
+    monkeypatch.setenv("DATABRICKS_HOST", server.url)
+    monkeypatch.setenv("DATABRICKS_TOKEN", CANARY_KEY)
+    monkeypatch.setenv("DATABRICKS_CONFIG_FILE", str(tmp_path / "no-databrickscfg"))
+    openai = {"provider": "openai", "base_url": server.openai_base, "api_key_env": "FAKE_KEY"}
+    return {
+        "chat": {**openai, "task": "chat", "model": "fake-chat"},
+        "completions": {**openai, "task": "completions", "model": "fake-completions"},
+        "embed": {**openai, "task": "embeddings", "model": "fake-embed", "batch_size": 4},
+        "db-chat": {"provider": "databricks", "task": "chat", "model": "databricks-llama"},
+        "db-embed": {"provider": "databricks", "task": "embeddings", "model": "databricks-gte"},
+        "db-custom": {"provider": "databricks", "task": "custom", "model": "house-prices"},
+    }
+
+
+@pytest.fixture
+def con(endpoints):
+    connection = aiquery.connect(endpoints=endpoints)
+    yield connection
+    connection.close()
+

@@ -1,0 +1,591 @@
+"""A real HTTP server on 127.0.0.1 imitating OpenAI-compatible and Databricks Model Serving endpoints.
+
+Used by the test suite and the benchmarks: it runs aiohttp.web on its own event loop in a daemon
+thread, answers deterministically, and records every request (wire body, headers, status answered)
+plus the peak number of requests served at once.
+
+    with FakeServer(api_key="k", max_concurrency=4) as s:
+        ...  # point the client at s.openai_base or s.url + "/serving-endpoints/NAME/invocations"
+        assert s.peak_in_flight <= 4 and s.bodies("/chat/completions")[0]["model"] == "m"
+
+Routes
+    POST /v1/chat/completions, /v1/completions, /v1/embeddings   (400 if the body has no "model")
+    POST /serving-endpoints/{name}/invocations   task inferred from the body: messages -> chat,
+        prompt -> completions, input -> embeddings, dataframe_records / dataframe_split / inputs /
+        instances -> custom model ({"predictions": [...]}); the answer's "model" is {name}.
+    anything else -> 404.
+
+Error bodies
+    OpenAI routes, 404, 429 (over max_concurrency) and every status injected by a directive use the
+    OpenAI shape {"error": {"message", "type", "param", "code"}}. Request errors of the Databricks
+    route (401, 400) use the Databricks shape {"error_code": "UNAUTHENTICATED" | "BAD_REQUEST",
+    "message": ...}, so clients get exercised on both.
+    Auth (when api_key is set): "Authorization: Bearer KEY" or HTTP basic auth user "token",
+    password KEY.
+
+Directives: written inside the text the client sent, they make one row misbehave. The text is the
+last user message (chat), the prompt(s) (completions), any input (embeddings, whole request), or any
+string value of the first record (custom models). Syntax [[name]] or [[name=value]], several allowed;
+they stay in the echoed content.
+    [[status=503]]              answer 503 with error message "fake error 503"; options inside the
+                                same directive: times=N (only the first N arrivals of this exact raw
+                                body fail, then it answers normally), retry_after=S (Retry-After
+                                header), retry_after_ms=N (retry-after-ms header)
+    [[html]]                    502 with an HTML page (text/html)
+    [[sleep=0.2]]               wait that long before answering (added to `latency`)
+    [[reply=TEXT]]              chat/completion content is exactly TEXT: everything up to the LAST
+                                "]]" of the text, so TEXT may hold brackets (JSON)
+    [[reasoning]]               chat content becomes [reasoning block, text block]
+    [[finish=length]]           finish_reason
+    [[tokens=P,C]]              usage numbers (embeddings: prompt_tokens=P)
+    [[malformed]]               200 with a truncated JSON body
+    [[nofields]]                200 with only {"object": ...} (no choices / data); custom models: {}
+    [[empty]]                   200 with an empty body
+    [[reset]]                   connection reset, no answer at all (recorded with status 0)
+    [[redirect=URL]]            307 to URL
+    [[per_token_embeddings]]    embeddings: one vector per word of each input (llama.cpp's quirk)
+
+Run in the foreground for benchmarks:
+    python tests/fakeserver.py --port 8099 [--latency 0.1] [--max-concurrency 50] [--api-key K]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import hashlib
+import itertools
+import json
+import math
+import re
+import socket
+import struct
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from aiohttp import web
+
+OPENAI_PATHS = {
+    "/v1/chat/completions": "chat",
+    "/v1/completions": "completions",
+    "/v1/embeddings": "embeddings",
+}
+DATABRICKS_PATH = re.compile(r"^/serving-endpoints/([^/]+)/invocations$")
+# Body key -> task, in the order the Databricks route checks them.
+DATABRICKS_TASKS = {
+    "messages": "chat",
+    "prompt": "completions",
+    "input": "embeddings",
+    **dict.fromkeys(("dataframe_records", "dataframe_split", "inputs", "instances"), "custom"),
+}
+DIRECTIVE = re.compile(r"\[\[(\w+)(?:=(.*?))?\]\]", re.S)
+REPLY_OPEN = "[[reply="
+REASONING_SUMMARY = {"type": "summary_text", "text": "thinking about it", "signature": "sig"}
+HTML_502 = b"<html><body><h1>502 Bad Gateway</h1></body></html>"
+NOFIELDS_OBJECT = {"chat": "chat.completion", "completions": "text_completion", "embeddings": "list"}
+
+
+@dataclass
+class Received:
+    method: str
+    path: str
+    headers: dict[str, str]  # names lower-cased
+    body: dict | None  # None when the body is not a JSON object
+    raw: bytes
+    status: int  # status we answered; 0 while pending or when the connection was reset
+
+
+class BadRequest(Exception):
+    """A request the fake rejects with 400."""
+
+
+# ---------------------------------------------------------------- helpers (pure)
+
+
+def parse_directives(text: str) -> dict[str, str | None]:
+    """`[[name=value]]` -> {name: value}; `reply` runs to the last "]]" so it may contain brackets."""
+    found: dict[str, str | None] = {}
+    start = text.find(REPLY_OPEN)
+    end = text.rfind("]]")
+    if start >= 0 and end >= start + len(REPLY_OPEN):
+        found["reply"] = text[start + len(REPLY_OPEN) : end]
+        text = text[:start] + text[end + 2 :]
+    for m in DIRECTIVE.finditer(text):
+        found[m[1]] = m[2]
+    return found
+
+
+def sample_for_schema(schema: Any, root: Any = None) -> Any:
+    """A deterministic value conforming to a (JSON-schema subset) schema."""
+    root = schema if root is None else root
+    if not isinstance(schema, dict):
+        return "sample"
+    if "$ref" in schema:  # local refs only, as pydantic emits ("#/$defs/Model")
+        target = root
+        for part in schema["$ref"].lstrip("#/").split("/"):
+            target = target[part]
+        return sample_for_schema(target, root)
+    if "const" in schema:
+        return schema["const"]
+    if schema.get("enum"):
+        return schema["enum"][0]
+    for key in ("anyOf", "oneOf"):
+        if schema.get(key):
+            options = [s for s in schema[key] if s.get("type") != "null"] or schema[key]
+            return sample_for_schema(options[0], root)
+    kind = schema.get("type")
+    if isinstance(kind, list):
+        kind = next((k for k in kind if k != "null"), "null")
+    if kind is None:
+        kind = "object" if "properties" in schema else "string"
+    if kind == "object":
+        return {k: sample_for_schema(v, root) for k, v in schema.get("properties", {}).items()}
+    if kind == "array":
+        return [sample_for_schema(schema.get("items", {}), root)]
+    return {"integer": 1, "number": 1.5, "boolean": True, "null": None}.get(kind, "sample")
+
+
+def embed(text: str, dim: int) -> list[float]:
+    """Unit vector from sha256(block:text) in counter mode; same text -> same vector."""
+    values: list[float] = []
+    while len(values) < dim:  # each 32-byte digest yields 16 values
+        digest = hashlib.sha256(f"{len(values) // 16}:{text}".encode()).digest()
+        values.extend(v / 32767.5 - 1.0 for v in struct.unpack("<16H", digest))
+    values = values[:dim]
+    norm = math.sqrt(sum(v * v for v in values)) or 1.0
+    return [v / norm for v in values]
+
+
+def words(text: str) -> int:
+    return len(text.split())
+
+
+def message_parts(content: Any) -> tuple[str, list[str]]:
+    """Message content -> (text parts joined by a space, image urls)."""
+    if isinstance(content, str):
+        return content, []
+    texts, images = [], []
+    for part in content or []:
+        if part.get("type") == "text":
+            texts.append(part.get("text", ""))
+        elif part.get("type") == "image_url":
+            image = part.get("image_url")
+            images.append(image.get("url", "") if isinstance(image, dict) else str(image))
+    return " ".join(texts), images
+
+
+def strings_in(value: Any) -> list[str]:
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, dict):
+        value = list(value.values())
+    if isinstance(value, list):
+        return [s for v in value for s in strings_in(v)]
+    return []
+
+
+def as_list(value: Any) -> list:
+    return value if isinstance(value, list) else [value]
+
+
+def openai_error(
+    status: int, message: str, code: str | None = None, headers: dict | None = None
+) -> web.Response:
+    kind = "server_error" if status >= 500 else "invalid_request_error"
+    body = {"error": {"message": message, "type": kind, "param": None, "code": code}}
+    return web.json_response(body, status=status, headers=headers)
+
+
+def databricks_error(status: int, code: str, message: str) -> web.Response:
+    return web.json_response({"error_code": code, "message": message}, status=status)
+
+
+# ---------------------------------------------------------------- server
+
+
+class FakeServer:
+    def __init__(
+        self,
+        *,
+        api_key: str | None = None,
+        latency: float | Callable[[dict], float] = 0.0,
+        max_concurrency: int | None = None,
+        retry_after: str | None = "0",
+        embedding_dim: int = 8,
+        host: str = "127.0.0.1",
+        port: int = 0,
+    ):
+        self.api_key = api_key
+        self.latency = latency
+        self.max_concurrency = max_concurrency
+        self.retry_after = retry_after
+        self.embedding_dim = embedding_dim
+        self.host = host
+        self.port = port
+        self.url = ""
+        self._lock = threading.Lock()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._runner: web.AppRunner | None = None
+        self._in_flight = 0  # a live gauge, so reset() leaves it alone
+        self.reset()
+
+    # ---- lifecycle
+
+    def start(self) -> FakeServer:
+        ready = threading.Event()
+        failure: list[BaseException] = []
+
+        def run() -> None:
+            loop = asyncio.new_event_loop()
+            try:
+                loop.run_until_complete(self._listen())
+            except BaseException as exc:  # re-raised by start(), e.g. port already in use
+                failure.append(exc)
+            else:
+                self._loop = loop
+            ready.set()
+            if not failure:
+                loop.run_forever()
+            loop.close()
+
+        self._thread = threading.Thread(target=run, name="FakeServer", daemon=True)
+        self._thread.start()
+        ready.wait()
+        if failure:
+            self._thread.join()
+            self._thread = None
+            raise failure[0]
+        return self
+
+    async def _listen(self) -> None:
+        # A large body limit: batches of base64 images exceed aiohttp's 1 MB default.
+        app = web.Application(client_max_size=1 << 30)
+        app.router.add_route("*", "/{tail:.*}", self._handle)
+        # No access log (speed); short shutdown so stop() never waits on a sleeping handler for long.
+        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
+        await self._runner.setup()
+        await web.TCPSite(self._runner, self.host, self.port).start()
+        self.port = self._runner.addresses[0][1]
+        self.url = f"http://{self.host}:{self.port}"
+
+    def stop(self) -> None:
+        if self._thread is None:
+            return
+        if self._loop is not None:
+            asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result()
+            self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join()
+        self._thread = self._loop = self._runner = None
+
+    def __enter__(self) -> FakeServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # ---- bookkeeping
+
+    @property
+    def openai_base(self) -> str:
+        return self.url + "/v1"
+
+    @property
+    def requests(self) -> list[Received]:
+        with self._lock:
+            return list(self._requests)
+
+    @property
+    def peak_in_flight(self) -> int:
+        with self._lock:
+            return self._peak
+
+    def reset(self) -> None:
+        with self._lock:
+            self._requests: list[Received] = []
+            self._peak = 0
+            self._failures: dict[tuple[str, str], int] = {}  # (directive, body hash) -> times failed
+            self._ids = itertools.count(1)
+
+    def bodies(self, path_suffix: str | None = None) -> list[dict]:
+        return [
+            r.body
+            for r in self.requests
+            if r.body is not None and (path_suffix is None or r.path.endswith(path_suffix))
+        ]
+
+    # ---- request handling
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        raw = await request.read()
+        try:
+            body = json.loads(raw)
+        except ValueError:
+            body = None
+        record = Received(
+            method=request.method,
+            path=request.path,
+            headers={k.lower(): v for k, v in request.headers.items()},
+            body=body if isinstance(body, dict) else None,
+            raw=raw,
+            status=0,
+        )
+        with self._lock:
+            self._requests.append(record)
+        try:
+            response = await self._route(request, record)
+        except Exception:
+            record.status = 500  # aiohttp answers 500 for a bug in this fake; keep the record honest
+            raise
+        if response is None:  # [[reset]] aborted the transport; aiohttp silently drops what we return
+            return web.Response()
+        record.status = response.status
+        return response
+
+    async def _route(self, request: web.Request, record: Received) -> web.StreamResponse | None:
+        databricks = DATABRICKS_PATH.match(record.path)
+        task = OPENAI_PATHS.get(record.path)
+        if request.method != "POST" or not (task or databricks):
+            return openai_error(404, f"Unknown route: {request.method} {record.path}", "not_found")
+        if not self._authorized(request.headers.get("Authorization", "")):
+            if databricks:
+                return databricks_error(401, "UNAUTHENTICATED", "Invalid API key provided")
+            return openai_error(401, "Invalid API key provided", "invalid_api_key")
+
+        with self._lock:
+            rejected = self.max_concurrency is not None and self._in_flight >= self.max_concurrency
+            if not rejected:
+                self._in_flight += 1
+                self._peak = max(self._peak, self._in_flight)
+        if rejected:
+            headers = {"Retry-After": self.retry_after} if self.retry_after is not None else None
+            message = "Rate limit reached (fake max_concurrency)"
+            return openai_error(429, message, "rate_limit_exceeded", headers)
+        try:
+            return await self._serve(request, record, task, databricks[1] if databricks else None)
+        except BadRequest as exc:
+            if databricks:
+                return databricks_error(400, "BAD_REQUEST", str(exc))
+            return openai_error(400, str(exc))
+        finally:
+            with self._lock:
+                self._in_flight -= 1
+
+    def _authorized(self, header: str) -> bool:
+        if self.api_key is None:
+            return True
+        scheme, _, credentials = header.partition(" ")
+        if scheme.lower() == "bearer":
+            return credentials == self.api_key
+        if scheme.lower() == "basic":
+            try:
+                decoded = base64.b64decode(credentials).decode()
+            except ValueError:
+                return False
+            return decoded == f"token:{self.api_key}"
+        return False
+
+    async def _serve(
+        self, request: web.Request, record: Received, task: str | None, endpoint: str | None
+    ) -> web.StreamResponse | None:
+        body = record.body
+        if body is None:
+            raise BadRequest("Request body is not a JSON object")
+        if endpoint is not None:
+            task = next((t for key, t in DATABRICKS_TASKS.items() if key in body), None)
+            if task is None:
+                raise BadRequest(f"Cannot infer the task: expected one of {', '.join(DATABRICKS_TASKS)}")
+            model = endpoint
+        elif "model" not in body:
+            raise BadRequest("You must provide a model parameter")
+        else:
+            model = body["model"]
+
+        build = getattr(self, f"_{task}")
+        directives = parse_directives(" ".join(self._directive_text(task, body)))
+        try:
+            extra = float(directives.get("sleep") or 0)
+        except ValueError:
+            raise BadRequest(f"bad directive: [[sleep={directives['sleep']}]]") from None
+        delay = (self.latency(body) if callable(self.latency) else self.latency) + extra
+        if delay > 0:
+            await asyncio.sleep(delay)
+
+        if "reset" in directives:
+            # SO_LINGER 0 makes close() send RST: the client sees a connection reset, not a clean EOF.
+            transport = request.transport
+            if transport is not None:  # None when the client already hung up
+                sock = transport.get_extra_info("socket")
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                transport.abort()
+            return None
+        if "redirect" in directives:
+            return web.Response(status=307, headers={"Location": directives["redirect"] or ""})
+        if "html" in directives:
+            return web.Response(status=502, body=HTML_502, content_type="text/html")
+        if "status" in directives:
+            error = self._injected_error(directives["status"] or "", record.raw)
+            if error is not None:
+                return error
+        if "empty" in directives:
+            return web.Response(status=200, body=b"", content_type="application/json")
+        if "nofields" in directives:
+            return web.json_response({"object": NOFIELDS_OBJECT[task]} if task in NOFIELDS_OBJECT else {})
+
+        payload = json.dumps(build(body, model, directives)).encode()
+        if "malformed" in directives:
+            payload = payload[: len(payload) // 2]
+        return web.Response(body=payload, content_type="application/json")
+
+    def _injected_error(self, spec: str, raw: bytes) -> web.Response | None:
+        """`503 times=2 retry_after=1 retry_after_ms=500` -> error response, or None once exhausted."""
+        try:
+            code, *options = spec.split()
+            opts = dict(o.split("=", 1) for o in options)
+            status = int(code)
+            times = int(opts["times"]) if "times" in opts else None
+        except ValueError:
+            raise BadRequest(f"bad directive: [[status={spec}]]") from None
+        if times is not None:
+            key = (spec, hashlib.sha256(raw).hexdigest())
+            with self._lock:
+                failed = self._failures.get(key, 0)
+                if failed >= times:
+                    return None
+                self._failures[key] = failed + 1
+        headers = {}
+        if "retry_after" in opts:
+            headers["Retry-After"] = opts["retry_after"]
+        if "retry_after_ms" in opts:
+            headers["retry-after-ms"] = opts["retry_after_ms"]
+        return openai_error(status, f"fake error {status}", headers=headers)
+
+    @staticmethod
+    def _directive_text(task: str, body: dict) -> list[str]:
+        if task == "chat":
+            users = [m for m in body.get("messages") or [] if m.get("role") == "user"]
+            return [message_parts(users[-1].get("content"))[0]] if users else []
+        if task == "completions":
+            return strings_in(body.get("prompt"))
+        if task == "embeddings":
+            return strings_in(body.get("input"))
+        predictions = FakeServer._predictions(body)
+        return strings_in(predictions[0]) if predictions else []
+
+    # ---- answers
+
+    def _usage(self, prompt: int, completion: int, directives: dict) -> dict:
+        if directives.get("tokens"):
+            try:  # "P,C" or just "P"
+                prompt, completion = (int(n) for n in (directives["tokens"] + ",0").split(",")[:2])
+            except ValueError:
+                raise BadRequest(f"bad directive: [[tokens={directives['tokens']}]]") from None
+        return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+
+    def _chat(self, body: dict, model: str, directives: dict) -> dict:
+        prompt_words, text, images = 0, "", []
+        for message in body.get("messages") or []:
+            message_text, urls = message_parts(message.get("content"))
+            prompt_words += words(message_text)
+            for url in urls:
+                if not url.startswith("data:image/"):
+                    raise BadRequest(f"image_url must be a data:image/ URL, got {url[:40]!r}")
+            if message.get("role") == "user":
+                text, images = message_text, urls
+
+        response_format = body.get("response_format") or {}
+        if "reply" in directives:
+            content = directives["reply"]
+        elif response_format.get("type") == "json_schema":
+            schema = (response_format.get("json_schema") or {}).get("schema", {})
+            content = json.dumps(sample_for_schema(schema))
+        elif response_format.get("type") == "json_object":
+            content = json.dumps({"echo": text})
+        else:
+            content = "echo: " + text + (f" +{len(images)} image(s)" if images else "")
+        completion_words = max(1, words(content))
+
+        message_content: Any = content
+        if "reasoning" in directives:
+            message_content = [
+                {"type": "reasoning", "summary": [REASONING_SUMMARY]},
+                {"type": "text", "text": content},
+            ]
+        choice = {
+            "message": {"role": "assistant", "content": message_content},
+            "finish_reason": directives.get("finish") or "stop",
+        }
+        return {
+            "id": f"chatcmpl-{next(self._ids)}",
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": model,
+            "choices": [{"index": i, **choice} for i in range(max(1, body.get("n") or 1))],
+            "usage": self._usage(prompt_words, completion_words, directives),
+        }
+
+    def _completions(self, body: dict, model: str, directives: dict) -> dict:
+        prompts = [str(p) for p in as_list(body.get("prompt", ""))]
+        texts = [directives["reply"] if "reply" in directives else "completion: " + p for p in prompts]
+        finish = directives.get("finish") or "stop"
+        return {
+            "id": f"cmpl-{next(self._ids)}",
+            "object": "text_completion",
+            "created": int(time.time()),
+            "model": model,
+            "choices": [
+                {"text": text, "index": i, "logprobs": None, "finish_reason": finish}
+                for i, text in enumerate(texts)
+            ],
+            "usage": self._usage(sum(map(words, prompts)), max(1, sum(map(words, texts))), directives),
+        }
+
+    def _embeddings(self, body: dict, model: str, directives: dict) -> dict:
+        inputs = [str(i) for i in as_list(body.get("input", ""))]
+        if "per_token_embeddings" in directives:
+            vectors: list = [[embed(w, self.embedding_dim) for w in (t.split() or [t])] for t in inputs]
+        else:
+            vectors = [embed(t, self.embedding_dim) for t in inputs]
+        usage = self._usage(sum(map(words, inputs)), 0, directives)
+        return {
+            "object": "list",
+            "data": [{"object": "embedding", "index": i, "embedding": v} for i, v in enumerate(vectors)],
+            "model": model,
+            "usage": {"prompt_tokens": usage["prompt_tokens"], "total_tokens": usage["prompt_tokens"]},
+        }
+
+    def _custom(self, body: dict, model: str, directives: dict) -> dict:
+        return {"predictions": self._predictions(body)}
+
+    @staticmethod
+    def _predictions(body: dict) -> list:
+        if "dataframe_records" in body:
+            return as_list(body["dataframe_records"])
+        if "dataframe_split" in body:
+            split = body["dataframe_split"]
+            return [dict(zip(split.get("columns", []), row)) for row in split.get("data", [])]
+        return as_list(body.get("inputs", body.get("instances")))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--port", type=int, default=8099)
+    parser.add_argument("--latency", type=float, default=0.0)
+    parser.add_argument("--max-concurrency", type=int)
+    parser.add_argument("--api-key")
+    args = parser.parse_args()
+    with FakeServer(
+        port=args.port, latency=args.latency, max_concurrency=args.max_concurrency, api_key=args.api_key
+    ) as server:
+        print(f"fake server listening on {server.url} (OpenAI base {server.openai_base})", flush=True)
+        try:
+            threading.Event().wait()
+        except KeyboardInterrupt:
+            pass
+
+
+if __name__ == "__main__":
+    main()

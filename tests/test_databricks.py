@@ -1,0 +1,56 @@
+"""The databricks provider: URL, bearer token, host and token resolution, custom model endpoints."""
+
+import pytest
+
+import aiquery
+
+from conftest import CANARY_KEY
+
+
+def test_chat_goes_to_the_serving_endpoint_invocations_url(con, server):
+    assert con.sql("SELECT ai_query('db-chat', 'hi')").fetchall()[0] == ("echo: hi",)
+    request = server.requests[0]
+    assert request.path == "/serving-endpoints/databricks-llama/invocations"
+    assert request.headers["authorization"] == f"Bearer {CANARY_KEY}"
+    assert "model" not in request.body and request.body["messages"] == [{"role": "user", "content": "hi"}]
+
+
+def test_custom_model_gets_dataframe_records_and_return_type_shapes_the_prediction(con, server):
+    result = con.sql("""SELECT ai_query('db-custom', {'rooms': 3, 'city': 'Paris'},
+                                        returnType => 'STRUCT<rooms: INT, city: STRING>')""").fetchall()[0][0]
+    assert result == {"rooms": 3, "city": "Paris"}
+    assert server.bodies()[0] == {"dataframe_records": [{"rooms": 3, "city": "Paris"}]}
+    as_json = con.sql("SELECT ai_query('db-custom', {'rooms': 3})").fetchall()[0][0]
+    assert as_json == '{"rooms": 3}'
+
+
+def test_host_and_token_come_from_a_databrickscfg_profile(server, monkeypatch, tmp_path):
+    cfg = tmp_path / "databrickscfg"
+    cfg.write_text(f"[DEFAULT]\nhost = http://nowhere.invalid\ntoken = wrong\n\n"
+                   f"[staging]\nhost = {server.url}\ntoken = {CANARY_KEY}\n")
+    for name in ("DATABRICKS_HOST", "DATABRICKS_TOKEN", "DATABRICKS_CONFIG_PROFILE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("DATABRICKS_CONFIG_FILE", str(cfg))
+    endpoints = {"llm": {"provider": "databricks", "model": "databricks-llama", "profile": "staging"}}
+    with aiquery.connect(endpoints=endpoints) as con:
+        assert con.sql("SELECT ai_query('llm', 'hi')").fetchall()[0] == ("echo: hi",)
+    assert server.requests[0].headers["authorization"] == f"Bearer {CANARY_KEY}"
+
+
+def test_missing_host_says_how_to_set_it(monkeypatch, tmp_path):
+    for name in ("DATABRICKS_HOST", "DATABRICKS_TOKEN"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("DATABRICKS_CONFIG_FILE", str(tmp_path / "none"))
+    with aiquery.connect(endpoints={"llm": {"provider": "databricks"}}) as con:
+        with pytest.raises(Exception, match="no Databricks host.*DATABRICKS_HOST"):
+            con.sql("SELECT ai_query('llm', 'hi')").fetchall()
+
+
+def test_a_bad_token_names_where_it_came_from(endpoints, server, monkeypatch):
+    monkeypatch.setenv("DATABRICKS_TOKEN", "dapi-wrong-token")
+    with aiquery.connect(endpoints=endpoints) as con:
+        with pytest.raises(Exception) as info:
+            con.sql("SELECT ai_query('db-chat', 'hi')").fetchall()
+    message = str(info.value)
+    assert "HTTP 401" in message and "environment variable DATABRICKS_TOKEN" in message
+    assert "dapi-wrong-token" not in message

@@ -1,0 +1,76 @@
+"""The retry policy as a table, and the engine retrying against the real fake server without sleeping."""
+
+import email.utils
+
+import pytest
+
+import duckdb
+
+from aiquery._config import load_endpoints
+from aiquery._engine import Engine
+from aiquery._registration import install
+from aiquery._retry import BACKOFF_MAX, MAX_RETRY_AFTER, backoff, is_retryable_status, parse_retry_after
+
+
+@pytest.mark.parametrize("status, retryable", [
+    (400, False), (401, False), (403, False), (404, False), (422, False),
+    (408, True), (409, True), (429, True), (500, True), (502, True), (503, True), (504, True),
+])
+def test_which_statuses_are_retried(status, retryable):
+    assert is_retryable_status(status) is retryable
+
+
+NOW = 1_700_000_000.0
+
+
+@pytest.mark.parametrize("headers, seconds", [
+    ({}, None),
+    ({"retry-after": "3"}, 3.0),
+    ({"retry-after": "0.5"}, 0.5),
+    ({"retry-after-ms": "250"}, 0.25),
+    ({"retry-after-ms": "250", "retry-after": "9"}, 0.25),
+    ({"retry-after": email.utils.formatdate(NOW + 7, usegmt=True)}, 7.0),
+    ({"retry-after": email.utils.formatdate(NOW - 7, usegmt=True)}, 0.0),
+    ({"retry-after": "3600"}, MAX_RETRY_AFTER),
+    ({"retry-after": "soon"}, None),
+])
+def test_retry_after_in_ms_seconds_or_http_date(headers, seconds):
+    assert parse_retry_after(headers, now=NOW) == seconds
+
+
+def test_backoff_is_capped_exponential_with_full_jitter():
+    assert [backoff(n, rand=lambda: 1.0) for n in (1, 2, 3, 4, 5, 6, 10)] == [0.5, 1, 2, 4, 8, BACKOFF_MAX, BACKOFF_MAX]
+    assert backoff(3, rand=lambda: 0.0) == 0.0
+
+
+def _engine_connection(endpoints, sleeps, **chat):
+    """A connection whose engine records the waits it would make instead of sleeping."""
+    async def fake_sleep(seconds):
+        sleeps.append(seconds)
+
+    engine = Engine(load_endpoints({"chat": {**endpoints["chat"], **chat}}), sleep=fake_sleep)
+    return install(duckdb.connect(), engine)
+
+
+def test_transient_errors_are_retried_to_the_right_answer(endpoints, server):
+    sleeps = []
+    con = _engine_connection(endpoints, sleeps)
+    result = con.sql("SELECT ai_query('chat', 'hi [[status=503 times=2 retry_after=4]]')").fetchall()[0]
+    assert result == ("echo: hi [[status=503 times=2 retry_after=4]]",)
+    assert [r.status for r in server.requests] == [503, 503, 200]
+    assert sleeps == [4.0, 4.0]  # the server's Retry-After, honoured without really sleeping
+
+
+def test_retries_stop_after_max_attempts(endpoints, server):
+    sleeps = []
+    con = _engine_connection(endpoints, sleeps, max_attempts=3)
+    result = con.sql("SELECT ai_query('chat', 'x [[status=500]]', failOnError => false)").fetchall()[0][0]
+    assert "HTTP 500" in result["errorMessage"]
+    assert len(server.requests) == 3 and len(sleeps) == 2
+
+
+def test_client_errors_are_not_retried(endpoints, server):
+    sleeps = []
+    con = _engine_connection(endpoints, sleeps)
+    con.sql("SELECT ai_query('chat', 'x [[status=400]]', failOnError => false)").fetchall()
+    assert len(server.requests) == 1 and sleeps == []

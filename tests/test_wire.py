@@ -1,0 +1,69 @@
+"""Wire bodies and response parsing, at the transport seam (httpx.MockTransport, no socket)."""
+
+import json
+import re
+
+import httpx
+import pytest
+
+import aiquery
+from aiquery import _wire
+from aiquery._errors import ResponseError
+
+
+def _chat_reply(content):
+    return {"object": "chat.completion", "choices": [{"index": 0, "message": {"role": "assistant", "content": content},
+                                                      "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5}}
+
+
+def test_requests_through_an_injected_httpx_transport():
+    seen = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append((str(request.url), json.loads(request.content)))
+        return httpx.Response(200, json=_chat_reply("hello back"))
+
+    transport = aiquery.HttpxTransport(httpx.MockTransport(handler))
+    endpoints = {"m": {"base_url": "http://mock.local/v1", "model": "tiny"}}
+    with aiquery.connect(endpoints=endpoints, transport=transport) as con:
+        assert con.sql("SELECT ai_query('m', 'hello')").fetchall()[0] == ("hello back",)
+    assert seen == [("http://mock.local/v1/chat/completions",
+                     {"model": "tiny", "messages": [{"role": "user", "content": "hello"}]})]
+
+
+@pytest.mark.parametrize("payload, message", [
+    (b"", "empty body"),
+    (b'{"choices": [', "not JSON"),
+    (b'{"object": "chat.completion"}', "without choices"),
+    (json.dumps(_chat_reply(None)).encode(), "without choices[0].message.content"),
+    (json.dumps(_chat_reply([{"type": "reasoning", "summary": []}])).encode(), "without choices[0].message.content"),
+])
+def test_chat_bodies_that_break_the_wire_format(payload, message):
+    with pytest.raises(ResponseError, match=re.escape(message)):
+        _wire.parse_chat(payload, "e")
+
+
+def test_reasoning_blocks_keep_only_the_text():
+    content = [{"type": "reasoning", "summary": [{"type": "summary_text", "text": "hmm"}]},
+               {"type": "text", "text": "4"}]
+    answer = _wire.parse_chat(json.dumps(_chat_reply(content)).encode(), "e")
+    assert answer.value == "4" and answer.usage["total_tokens"] == 5 and answer.finish_reason == "stop"
+
+
+def test_embeddings_are_put_back_in_input_order():
+    payload = {"data": [{"index": 1, "embedding": [1.0]}, {"index": 0, "embedding": [0.0]}]}
+    vectors, _ = _wire.parse_embeddings(json.dumps(payload).encode(), "e", 2)
+    assert vectors == [[0.0], [1.0]]
+    with pytest.raises(ResponseError, match="answered 1 embeddings for 2 inputs"):
+        _wire.parse_embeddings(json.dumps({"data": [{"index": 0, "embedding": [0.0]}]}).encode(), "e", 2)
+
+
+@pytest.mark.parametrize("payload, text", [
+    (b'{"error": {"message": "Rate limit reached", "type": "requests"}}', "Rate limit reached"),
+    (b'{"error_code": "BAD_REQUEST", "message": "Invalid param"}', "BAD_REQUEST: Invalid param"),
+    (b"<html><body><h1>502 Bad Gateway</h1></body></html>", "502 Bad Gateway"),
+    (b"", "(empty body)"),
+])
+def test_provider_error_messages_are_extracted(payload, text):
+    assert _wire.error_text(payload) == text
