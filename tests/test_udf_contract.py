@@ -36,3 +36,18 @@ def test_requests_run_concurrently_up_to_the_endpoint_limit(endpoints, monkeypat
             con.sql("SELECT ai_query('chat', 'p' || i) FROM range(200) t(i)").fetchall()
         assert len(slow.requests) == 200
         assert slow.peak_in_flight == 8
+
+
+def test_reading_several_fields_of_the_answer_does_not_call_the_model_again(con, server):
+    con.sql("CREATE TABLE t AS SELECT 'p' || i AS p FROM range(100) r(i)")
+    result = con.sql("""SELECT r.response, r.errorMessage, j.label, j.score FROM (
+                          SELECT ai_query('chat', p, failOnError => false) AS r,
+                                 ai_query('chat', p || '?', responseFormat => 'STRUCT<label: STRING, score: DOUBLE>') AS j
+                          FROM t)""").fetchall()
+    assert len(result) == 100 and len(server.requests) == 200
+
+
+def test_limit_sends_only_what_it_keeps(con, server):
+    con.sql("CREATE TABLE t AS SELECT 'p' || i AS p FROM range(100) r(i)")
+    assert len(con.sql("SELECT ai_query('chat', p) FROM t LIMIT 3").fetchall()) == 3
+    assert len(server.requests) == 3
