@@ -6,6 +6,7 @@
 """
 
 from ._config import Endpoint
+from ._engine import Engine
 from ._errors import (AIQueryError, ArgumentError, ConfigError, HTTPStatusError, OutputError, RequestError,
                       ResponseError, TransportError, UnknownEndpointError)
 from ._registration import connect, register
@@ -14,7 +15,7 @@ from ._transport import AiohttpTransport, HttpxTransport
 __version__ = "0.1.0"
 
 __all__ = [
-    "AIQueryError", "AiohttpTransport", "ArgumentError", "ConfigError", "Endpoint", "HTTPStatusError",
+    "AIQueryError", "AiohttpTransport", "ArgumentError", "ConfigError", "Endpoint", "Engine", "HTTPStatusError",
     "HttpxTransport", "OutputError", "RequestError", "ResponseError", "TransportError", "UnknownEndpointError",
     "connect", "register",
 ]

@@ -31,6 +31,7 @@ DEFAULT_TIMEOUT = 120.0            # seconds for one HTTP request, body included
 DEFAULT_EMBEDDING_BATCH_SIZE = 64  # inputs per embeddings request
 DEFAULT_MAX_ATTEMPTS = 6           # first try included
 DEFAULT_MAX_RETRY_TIME = 300.0     # seconds, from the first failure of one request
+DEFAULT_LOOKAHEAD = 8192           # rows a query may have in flight or answered ahead of DuckDB
 CONFIG_FILE_NAME = "aiquery.toml"
 CONFIG_ENV = "AIQUERY_CONFIG"
 
@@ -51,6 +52,9 @@ class Endpoint:
     batch_size: int = DEFAULT_EMBEDDING_BATCH_SIZE
     max_attempts: int = DEFAULT_MAX_ATTEMPTS
     max_retry_time: float = DEFAULT_MAX_RETRY_TIME
+    requests_per_minute: int | None = None
+    tokens_per_minute: int | None = None
+    lookahead: int = DEFAULT_LOOKAHEAD   # 0 turns reading ahead of DuckDB off
     model_parameters: Mapping[str, Any] = field(default_factory=dict)
     headers: Mapping[str, str] = field(default_factory=dict)  # extra, non-secret headers
     name: str = ""
@@ -66,6 +70,12 @@ class Endpoint:
             value = getattr(self, setting)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ConfigError(f"{where}: {setting} must be a positive integer, got {value!r}")
+        for setting in ("requests_per_minute", "tokens_per_minute"):
+            value = getattr(self, setting)
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+                raise ConfigError(f"{where}: {setting} must be a positive integer or unset, got {value!r}")
+        if not isinstance(self.lookahead, int) or isinstance(self.lookahead, bool) or self.lookahead < 0:
+            raise ConfigError(f"{where}: lookahead must be a whole number of rows (0 = off), got {self.lookahead!r}")
         for setting in ("timeout", "max_retry_time"):
             value = getattr(self, setting)
             if not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0:

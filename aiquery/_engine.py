@@ -1,19 +1,26 @@
 """The engine: sends requests concurrently, within each endpoint's limits, on a loop of its own.
 
-DuckDB calls the ai_query UDF on its own threads; `Engine.run` hands the batch to the engine's
-event loop (a daemon thread it owns: no asyncio.run, so notebooks with a running loop are fine)
-and blocks until every row has an answer or an error. Identical requests in flight are sent once;
-embedding inputs are packed `batch_size` to a request. Ctrl-C while waiting cancels the batch's
-requests that no one else is waiting for.
+DuckDB calls the ai_query UDF on its own threads; `Engine.run` hands a batch to the engine's event
+loop (a daemon thread it owns: no asyncio.run, so notebooks with a running loop are fine) and
+blocks until every row has an answer or an error. One engine serves the whole process by default
+(`Engine.shared()`), so an endpoint's limits hold across every connection and query.
+
+Requests are entries keyed by URL, model and body. A batch waits on entries; a prefetcher
+(aiquery/_prefetch.py) can *hold* entries for rows DuckDB has not handed over yet, which keeps the
+endpoint busy between batches. Identical requests share one entry while in flight, and a query
+remembers its answers (bounded) so a repeat later in the same query is not sent again.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import concurrent.futures
+import contextlib
 import hashlib
 import json
 import threading
+import time
 import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -23,13 +30,16 @@ from typing import Any
 from . import _wire
 from ._config import Endpoint
 from ._errors import AIQueryError, HTTPStatusError, RequestError
-from ._providers import Target, resolve
-from ._retry import call_with_retries, is_retryable_status, parse_retry_after
+from ._limits import EndpointLimits, estimate_tokens
+from ._providers import Target
+from ._retry import call_with_retries, first_wait, is_retryable_status, parse_retry_after
 from ._transport import AiohttpTransport, Response, Transport
 
 _PARSERS: dict[str, Callable[[bytes, str], _wire.Answer]] = {
     "chat": _wire.parse_chat, "completions": _wire.parse_completions, "custom": _wire.parse_custom,
 }
+MEMO_SIZE = 50_000   # answers a query remembers for repeats of the same request
+QUERY_IDLE_END = 2.0  # seconds without a UDF call after which a query counts as finished
 
 
 @dataclass(frozen=True)
@@ -37,30 +47,97 @@ class Call:
     """One row's request. Embedding calls carry their text in `text`; `body` holds the rest."""
 
     endpoint: Endpoint
+    target: Target
     body: dict[str, Any]
     text: str | None = None
+
+    @property
+    def key(self) -> str:
+        raw = json.dumps([self.target.url, self.endpoint.model, self.body, self.text], sort_keys=True,
+                         ensure_ascii=False, separators=(",", ":"), default=str)
+        return hashlib.blake2b(raw.encode(), digest_size=16).hexdigest()
 
 
 @dataclass
 class EndpointStats:
     requests: int = 0
     retries: int = 0
+    throttled: int = 0
     errors: int = 0
 
 
 @dataclass
-class _Job:
-    """One HTTP request in flight and how many rows are waiting on it."""
+class _Entry:
+    """One request: its answer, the task producing it, and who still needs it."""
 
+    future: asyncio.Future
     task: asyncio.Task | None = None
-    waiters: int = 0
+    waiters: int = 0  # batches waiting on it now
+    held: int = 0     # rows a prefetcher registered that no batch has taken yet
+
+
+@dataclass
+class Query:
+    """One running query (identified by DuckDB's transaction id and text): its memo and prefetch holds."""
+
+    identity: tuple
+    window: threading.Semaphore
+    memo: collections.OrderedDict = field(default_factory=collections.OrderedDict)
+    holds: collections.Counter = field(default_factory=collections.Counter)
+    active: int = 0  # batches in the engine now (loop side)
+    last_active: float = field(default_factory=time.monotonic)
+    stopped: threading.Event = field(default_factory=threading.Event)
+    # The prefetcher touches DuckDB only while a UDF call of this query runs, and a UDF call does
+    # not return while the prefetcher is inside DuckDB: the query cannot end (and the user cannot
+    # close the connection) while a cursor of it is busy.
+    gate: threading.Condition = field(default_factory=threading.Condition)
+    udf_calls: int = 0
+    prefetch_busy: bool = False
+    prefetcher: threading.Thread | None = None
+
+    @contextlib.contextmanager
+    def udf_call(self):
+        with self.gate:
+            self.udf_calls += 1
+            self.gate.notify_all()
+        try:
+            yield
+        finally:
+            with self.gate:
+                self.udf_calls -= 1
+                while self.prefetch_busy:
+                    self.gate.wait()
+
+    @contextlib.contextmanager
+    def duckdb_turn(self):
+        """Waits until DuckDB may be used for reading ahead; yields False if the query ended."""
+        with self.gate:
+            while self.udf_calls == 0 and not self.stopped.is_set():
+                self.gate.wait(0.1)
+            if self.stopped.is_set():
+                yield False
+                return
+            self.prefetch_busy = True
+        try:
+            yield True
+        finally:
+            with self.gate:
+                self.prefetch_busy = False
+                self.gate.notify_all()
+
+    def remember(self, key: str, outcome: Any) -> None:
+        self.memo[key] = outcome
+        self.memo.move_to_end(key)
+        if len(self.memo) > MEMO_SIZE:
+            self.memo.popitem(last=False)
 
 
 @dataclass
 class _Runtime:
+    """What every connection using one endpoint (URL + model) shares."""
+
     endpoint: Endpoint
-    limit: asyncio.Semaphore
-    target: Target | None = None
+    limits: EndpointLimits
     stats: EndpointStats = field(default_factory=EndpointStats)
 
 
@@ -72,12 +149,13 @@ class _LoopThread:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
 
-    def loop(self) -> asyncio.AbstractEventLoop:
+    def loop(self, on_start: Callable[[asyncio.AbstractEventLoop], None]) -> asyncio.AbstractEventLoop:
         with self._lock:
             if self._loop is None:
                 self._loop = asyncio.new_event_loop()
                 self._thread = threading.Thread(target=self._loop.run_forever, name="aiquery-engine", daemon=True)
                 self._thread.start()
+                self._loop.call_soon_threadsafe(on_start, self._loop)
             return self._loop
 
     def stop(self, transport: Transport) -> None:
@@ -85,8 +163,14 @@ class _LoopThread:
             loop, thread, self._loop, self._thread = self._loop, self._thread, None, None
         if loop is None or not loop.is_running():
             return
+        async def shutdown():
+            for task in asyncio.all_tasks():
+                if task is not asyncio.current_task():
+                    task.cancel()
+            await transport.aclose()
+
         try:
-            asyncio.run_coroutine_threadsafe(transport.aclose(), loop).result(timeout=5)
+            asyncio.run_coroutine_threadsafe(shutdown(), loop).result(timeout=5)
         finally:
             loop.call_soon_threadsafe(loop.stop)
             thread.join(timeout=5)
@@ -94,30 +178,52 @@ class _LoopThread:
 
 
 class Engine:
-    """Holds everything one registration needs at run time: loop, transport, limits, stats."""
+    """Everything requests need at run time: loop, transport, per-endpoint limits, running queries."""
 
-    def __init__(self, endpoints: dict[str, Endpoint], transport: Transport | None = None,
-                 sleep: Callable[[float], Any] | None = None):
-        self.endpoints = endpoints
+    _shared: Engine | None = None
+    _shared_lock = threading.Lock()
+
+    def __init__(self, transport: Transport | None = None, sleep: Callable[[float], Any] | None = None):
         self._transport = transport or AiohttpTransport()
         self._sleep = sleep or asyncio.sleep
         self._loop_thread = _LoopThread()
-        # Closing the HTTP session and stopping the thread when the engine goes away (its connection
-        # closed) or when close() is called; the finalizer holds no reference to the engine itself.
-        self._finalizer = weakref.finalize(self, self._loop_thread.stop, self._transport)
-        self._runtimes: dict[str, _Runtime] = {}
-        self._futures: dict[str, asyncio.Future] = {}  # request key -> its answer, while in flight
-        self._jobs: dict[str, _Job] = {}               # request key -> the job producing it
+        self._runtimes: dict[tuple, _Runtime] = {}
+        self._entries: dict[str, _Entry] = {}
+        self._queries: dict[tuple, Query] = {}
+        # On close(), when the engine goes away, or at exit: stop reading ahead, close the HTTP
+        # session, stop the thread. The finalizer holds no reference to the engine itself.
+        self._finalizer = weakref.finalize(self, _shutdown, self._queries, self._loop_thread, self._transport)
+        self._queries_lock = threading.Lock()
+
+    @classmethod
+    def shared(cls) -> Engine:
+        """The process-wide engine that connect() and register() use unless given one."""
+        with cls._shared_lock:
+            if cls._shared is None:
+                cls._shared = cls()  # closed at exit by its finalizer
+            return cls._shared
 
     def __repr__(self) -> str:
-        return f"<aiquery.Engine endpoints={sorted(self.endpoints)}>"
+        return f"<aiquery.Engine endpoints={len(self._runtimes)} queries={len(self._queries)}>"
 
     # -- thread side -------------------------------------------------------------------------
-    def run(self, calls: Sequence[Call], fail_fast: bool) -> list[_wire.Answer | AIQueryError]:
+    def _loop(self) -> asyncio.AbstractEventLoop:
+        return self._loop_thread.loop(lambda loop: loop.create_task(self._watch_queries()))
+
+    def query(self, identity: tuple, window: int) -> tuple[Query, bool]:
+        """The running query with this identity, and whether it was just created."""
+        with self._queries_lock:
+            query = self._queries.get(identity)
+            if query is not None and not query.stopped.is_set():
+                return query, False
+            query = self._queries[identity] = Query(identity, threading.Semaphore(max(window, 1)))
+            return query, True
+
+    def run(self, calls: Sequence[Call], fail_fast: bool, query: Query | None = None) -> list:
         """Answers (or errors) for `calls`, in order. With fail_fast, stops at the first error."""
         if not calls:
             return []
-        future = asyncio.run_coroutine_threadsafe(self._run(calls, fail_fast), self._loop_thread.loop())
+        future = asyncio.run_coroutine_threadsafe(self._run(calls, fail_fast, query), self._loop())
         try:
             while True:  # short waits keep the calling thread responsive to Ctrl-C
                 try:
@@ -126,145 +232,237 @@ class Engine:
                     continue
         except BaseException:
             future.cancel()
+            if query is not None:
+                self.end_query(query)
             raise
 
+    def hold(self, calls: Sequence[Call], query: Query) -> bool:
+        """Starts `calls` ahead of DuckDB and keeps their answers until a batch takes them.
+        Blocks while the query's look-ahead window is full; False once the query has stopped."""
+        for _ in calls:
+            while not query.window.acquire(timeout=0.1):
+                if query.stopped.is_set():
+                    return False
+        if query.stopped.is_set():
+            return False
+        self._loop().call_soon_threadsafe(self._hold, list(calls), query)
+        return True
+
+    def end_query(self, query: Query) -> None:
+        """Stops the query's prefetch and drops what it held; safe to call more than once."""
+        query.stopped.set()
+        loop = self._loop()
+        loop.call_soon_threadsafe(self._drop_query, query)
+
     def stats(self) -> dict[str, EndpointStats]:
-        return {name: rt.stats for name, rt in self._runtimes.items()}
+        return {rt.endpoint.name: rt.stats for rt in self._runtimes.values()}
 
     def close(self) -> None:
         """Closes connections and stops the loop thread."""
         self._finalizer()
-        self._runtimes.clear()
 
     # -- loop side ---------------------------------------------------------------------------
-    def _runtime(self, endpoint: Endpoint) -> _Runtime:
-        rt = self._runtimes.get(endpoint.name)
-        if rt is None or rt.endpoint is not endpoint:
-            rt = self._runtimes[endpoint.name] = _Runtime(endpoint, asyncio.Semaphore(endpoint.max_concurrency))
+    def _runtime(self, endpoint: Endpoint, target: Target) -> _Runtime:
+        identity = (target.url, endpoint.model)
+        rt = self._runtimes.get(identity)
+        if rt is None:
+            limits = EndpointLimits.create(endpoint.max_concurrency, endpoint.requests_per_minute,
+                                           endpoint.tokens_per_minute)
+            rt = self._runtimes[identity] = _Runtime(endpoint, limits)
+        elif rt.endpoint is not endpoint:
+            rt.endpoint = endpoint
+            rt.limits.configure(endpoint.max_concurrency, endpoint.requests_per_minute, endpoint.tokens_per_minute)
         return rt
 
-    async def _run(self, calls: Sequence[Call], fail_fast: bool) -> list:
-        keys = self._submit(calls)
-        futures = [self._futures[k] for k in keys]
+    async def _run(self, calls: Sequence[Call], fail_fast: bool, query: Query | None) -> list:
+        if query is not None:
+            query.active += 1
+        outcomes: list[Any] = [None] * len(calls)
+        waiting: dict[str, list[int]] = {}
         try:
-            if fail_fast:
-                await asyncio.wait(futures, return_when=asyncio.FIRST_EXCEPTION)
-            else:
-                await asyncio.wait(futures)
-            return [f.exception() or f.result() if f.done() else None for f in futures]
+            keys = [call.key for call in calls]
+            for i, key in enumerate(keys):
+                if query is not None and key in query.memo:
+                    outcomes[i] = query.memo[key]
+                else:
+                    waiting.setdefault(key, []).append(i)
+            self._start([calls[rows[0]] for key, rows in waiting.items() if key not in self._entries])
+            for key in waiting:
+                self._entries[key].waiters += 1
+            if query is not None:  # rows a prefetcher registered are now DuckDB's: free their window slots
+                for key in keys:
+                    if query.holds[key] > 0:
+                        self._take_hold(key, query)
+            futures = {self._entries[key].future: key for key in waiting}
+            if futures:
+                await asyncio.wait(futures, return_when=asyncio.FIRST_EXCEPTION if fail_fast else asyncio.ALL_COMPLETED)
+            for future, key in futures.items():
+                if future.done() and not future.cancelled():
+                    outcome = future.exception() or future.result()
+                    if query is not None:
+                        query.remember(key, outcome)
+                    for i in waiting[key]:
+                        outcomes[i] = outcome
+            return outcomes
         finally:
-            self._release(keys)
+            for key in waiting:
+                entry = self._entries.get(key)
+                if entry is not None:
+                    entry.waiters -= 1
+                    self._maybe_drop(key, entry)
+            if query is not None:
+                query.active -= 1
+                query.last_active = time.monotonic()
 
-    def _submit(self, calls: Sequence[Call]) -> list[str]:
-        """Registers every call's request key, starting a job for keys not already in flight."""
-        keys: list[str] = []
-        pending_texts: dict[tuple[str, str], tuple[Endpoint, dict, dict[str, str]]] = {}
-        for call in calls:
-            key = _request_key(call)
-            keys.append(key)
-            if key not in self._futures:
-                self._futures[key] = asyncio.get_running_loop().create_future()
-                self._jobs[key] = _Job()
-                if call.text is None:
-                    self._jobs[key].task = self._start({key: None}, call.endpoint, call.body)
-                else:
-                    group = (call.endpoint.name, _canonical(call.body))
-                    pending_texts.setdefault(group, (call.endpoint, call.body, {}))[2][key] = call.text
-            self._jobs[key].waiters += 1
-        for endpoint, body, texts in pending_texts.values():
-            items = list(texts.items())
-            for start in range(0, len(items), endpoint.batch_size):
-                chunk = dict(items[start:start + endpoint.batch_size])
-                task = self._start(chunk, endpoint, body)
-                for key in chunk:
-                    self._jobs[key].task = task
-        return keys
+    def _hold(self, calls: list[Call], query: Query) -> None:
+        fresh = [] if query.stopped.is_set() else [c for c in calls if c.key not in query.memo]
+        for _ in range(len(calls) - len(fresh)):
+            query.window.release()  # answered already (the prefetcher was behind) or too late
+        self._start([c for c in fresh if c.key not in self._entries])
+        for call in fresh:
+            key = call.key
+            self._entries[key].held += 1
+            query.holds[key] += 1
 
-    def _start(self, keys: dict[str, str | None], endpoint: Endpoint, body: dict) -> asyncio.Task:
-        """A task sending one request that answers every key in `keys` (several for embeddings)."""
-        async def job():
-            try:
-                if endpoint.task == "embeddings":
-                    texts = list(keys.values())
-                    vectors, usage = await self._send(endpoint, _wire.embeddings_body(texts, body),
-                                                      lambda p, n: _wire.parse_embeddings(p, n, len(texts)))
-                    answers = [_wire.Answer(v, usage if len(texts) == 1 else {}) for v in vectors]
-                else:
-                    answers = [await self._send(endpoint, body, _PARSERS[endpoint.task])]
-                for key, answer in zip(keys, answers):
-                    self._resolve(key, answer)
-            except asyncio.CancelledError:
-                for key in keys:
-                    self._resolve(key, None, cancelled=True)
-                raise
-            except AIQueryError as exc:
-                for key in keys:
-                    self._resolve(key, exc)
-        return asyncio.get_running_loop().create_task(job())
+    def _take_hold(self, key: str, query: Query) -> None:
+        query.holds[key] -= 1
+        if query.holds[key] <= 0:
+            del query.holds[key]
+        entry = self._entries.get(key)
+        if entry is not None:
+            entry.held -= 1
+            self._maybe_drop(key, entry)
+        query.window.release()
 
-    def _resolve(self, key: str, outcome: Any, cancelled: bool = False) -> None:
-        future = self._futures.pop(key, None)
-        self._jobs.pop(key, None)
-        if future is None or future.done():
+    def _drop_query(self, query: Query) -> None:
+        for key, count in list(query.holds.items()):
+            for _ in range(count):
+                self._take_hold(key, query)
+        with self._queries_lock:
+            if self._queries.get(query.identity) is query:
+                del self._queries[query.identity]
+
+    async def _watch_queries(self) -> None:
+        """Ends queries DuckDB has stopped calling us for (finished, failed or interrupted)."""
+        while True:
+            await asyncio.sleep(QUERY_IDLE_END / 4)
+            now = time.monotonic()
+            with self._queries_lock:
+                idle = [q for q in self._queries.values() if q.active == 0 and now - q.last_active > QUERY_IDLE_END]
+            for query in idle:
+                query.stopped.set()
+                self._drop_query(query)
+
+    def _maybe_drop(self, key: str, entry: _Entry) -> None:
+        """Forgets an entry nobody needs; cancels its request if it is still running for no one."""
+        if entry.waiters > 0 or entry.held > 0:
             return
-        if cancelled:
-            future.cancel()
-        elif isinstance(outcome, BaseException):
-            future.set_exception(outcome)
-        else:
-            future.set_result(outcome)
+        del self._entries[key]
+        task = entry.task
+        if task is not None and not task.done() and not any(e.task is task for e in self._entries.values()):
+            task.cancel()
 
-    def _release(self, keys: list[str]) -> None:
-        """Drops this batch's interest in its keys; cancels jobs nobody waits for any more."""
-        orphaned = set()
-        for key in keys:
-            job = self._jobs.get(key)
-            if job is not None:
-                job.waiters -= 1
-                if job.waiters <= 0 and job.task is not None:
-                    orphaned.add(job.task)
-        for task in orphaned:
-            shared = [k for k, j in self._jobs.items() if j.task is task and j.waiters > 0]
-            if not shared:
-                task.cancel()
+    def _start(self, calls: list[Call]) -> None:
+        """Creates entries for `calls` and the tasks that answer them (embedding texts batched)."""
+        loop = asyncio.get_running_loop()
+        texts: dict[tuple, tuple[Endpoint, dict, dict[str, str]]] = {}
+        for call in calls:
+            key = call.key
+            if key in self._entries:
+                continue
+            self._entries[key] = _Entry(loop.create_future())
+            if call.text is None:
+                self._entries[key].task = loop.create_task(self._job({key: None}, call))
+            else:
+                group = (call.target.url, call.endpoint.model, json.dumps(call.body, sort_keys=True, default=str))
+                texts.setdefault(group, (call, {}))[1][key] = call.text
+        for call, by_key in texts.values():
+            items = list(by_key.items())
+            for start in range(0, len(items), call.endpoint.batch_size):
+                chunk = dict(items[start:start + call.endpoint.batch_size])
+                task = loop.create_task(self._job(chunk, call))
+                for key in chunk:
+                    self._entries[key].task = task
 
-    async def _send(self, endpoint: Endpoint, body: dict, parse: Callable[[bytes, str], Any]) -> Any:
-        rt = self._runtime(endpoint)
-        if rt.target is None:
-            rt.target = resolve(endpoint)
-        target = rt.target
+    async def _job(self, keys: dict[str, str | None], call: Call) -> None:
+        """Sends one request answering every key in `keys` (several embedding texts share `call`'s body)."""
+        endpoint = call.endpoint
+        try:
+            if endpoint.task == "embeddings":
+                texts = list(keys.values())
+                vectors, usage = await self._send(call, _wire.embeddings_body(texts, call.body),
+                                                  lambda p, n: _wire.parse_embeddings(p, n, len(texts)))
+                answers: list[Any] = [_wire.Answer(v, usage if len(texts) == 1 else {}) for v in vectors]
+            else:
+                answers = [await self._send(call, call.body, _PARSERS[endpoint.task])]
+        except AIQueryError as exc:
+            answers = [exc] * len(keys)
+        for key, answer in zip(keys, answers):
+            entry = self._entries.get(key)
+            if entry is None or entry.future.done():
+                continue
+            if isinstance(answer, BaseException):
+                entry.future.set_exception(answer)
+            else:
+                entry.future.set_result(answer)
+            self._maybe_drop(key, entry)
+
+    async def _send(self, call: Call, body: dict, parse: Callable[[bytes, str], Any]) -> Any:
+        endpoint, target = call.endpoint, call.target
+        rt = self._runtime(endpoint, target)
         if target.sends_model and endpoint.model:
             body = {"model": endpoint.model, **body}
         payload = json.dumps(body, ensure_ascii=False).encode()
         headers = target.headers(dict(endpoint.headers))
+        tokens = estimate_tokens(body) if rt.limits.tokens_per_minute else 0
 
         async def attempt():
             rt.stats.requests += 1
-            async with rt.limit:
-                response = await self._transport.post(target.url, headers, payload, endpoint.timeout,
-                                                      endpoint.name)
-            if not 200 <= response.status < 300:
+            if rt.limits.requests_per_minute or rt.limits.tokens_per_minute:
+                await rt.limits.admit(tokens)
+            concurrency = rt.limits.concurrency
+            epoch = await concurrency.acquire()
+            status = None
+            try:
+                response = await self._transport.post(target.url, headers, payload, endpoint.timeout, endpoint.name)
+                status = response.status
+            finally:
+                concurrency.release(epoch, throttled=status == 429, failed=status is None or status >= 300)
+            if status == 429:
+                rt.stats.throttled += 1
+            if not 200 <= status < 300:
                 raise _status_error(endpoint, target, response)
             return parse(response.body, endpoint.name)
+
+        try:
+            return await attempt()  # the fast path: no retry machinery until something fails
+        except RequestError as exc:
+            if not exc.retryable or endpoint.max_attempts <= 1:
+                rt.stats.errors += 1
+                raise
+            first_failure = exc
 
         def count_retry(_exc: BaseException) -> None:
             rt.stats.retries += 1
 
+        count_retry(first_failure)
+        await self._sleep(first_wait(first_failure))
         try:
-            return await call_with_retries(attempt, max_attempts=endpoint.max_attempts,
+            return await call_with_retries(attempt, max_attempts=endpoint.max_attempts - 1,
                                            max_time=endpoint.max_retry_time, on_retry=count_retry,
-                                           sleep=self._sleep)
+                                           sleep=self._sleep, attempts_done=1)
         except RequestError:
             rt.stats.errors += 1
             raise
 
 
-def _canonical(value: Any) -> str:
-    return json.dumps(value, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
-
-
-def _request_key(call: Call) -> str:
-    return hashlib.sha256(_canonical([call.endpoint.name, call.body, call.text]).encode()).hexdigest()
+def _shutdown(queries: dict[tuple, Query], loop_thread: _LoopThread, transport: Transport) -> None:
+    for query in list(queries.values()):
+        query.stopped.set()
+    for query in list(queries.values()):
+        if query.prefetcher is not None:
+            query.prefetcher.join(timeout=1)  # it lets go of its cursor before DuckDB shuts down
+    loop_thread.stop(transport)
 
 
 def _status_error(endpoint: Endpoint, target: Target, response: Response) -> HTTPStatusError:

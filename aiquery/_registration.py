@@ -13,18 +13,21 @@ from duckdb import sqltypes
 
 from ._config import load_endpoints
 from ._engine import Engine
-from ._transport import Transport
 from ._types import ddl_to_duckdb_sql
-from ._udf import UDF_NAME, make_udf
+from ._udf import Registration, make_udf
+
+UDF_NAME = "__aiquery_invoke"
+UDF_PARAMETERS = [sqltypes.VARCHAR, sqltypes.VARCHAR, sqltypes.VARCHAR, sqltypes.BLOB, sqltypes.VARCHAR,
+                  sqltypes.UBIGINT]
 
 
 def _sql_string(value: str) -> str:
     return "'" + value.replace("'", "''") + "'"
 
 
-def macro_statements(embedding_endpoints: list[str]) -> list[str]:
-    """The SQL of aiquery/sql/ai_query.sql with its placeholders filled in, one statement each."""
-    text = resources.files("aiquery").joinpath("sql/ai_query.sql").read_text()
+def _statements(*files: str, embedding_endpoints: list[str] = ()) -> list[str]:
+    """The SQL files under aiquery/sql/, placeholders filled in, one statement each."""
+    text = "\n".join(resources.files("aiquery").joinpath(f"sql/{name}").read_text() for name in files)
     text = "\n".join(line for line in text.splitlines() if not line.lstrip().startswith("--"))
     names = "[" + ", ".join(_sql_string(n) for n in sorted(embedding_endpoints)) + "]::VARCHAR[]"
     text = text.replace("$EMBEDDING_ENDPOINTS", names)
@@ -33,36 +36,36 @@ def macro_statements(embedding_endpoints: list[str]) -> list[str]:
 
 
 def register(con: duckdb.DuckDBPyConnection, *, endpoints: Mapping[str, Any] | None = None,
-             config: str | os.PathLike | None = None, transport: Transport | None = None
+             config: str | os.PathLike | None = None, engine: Engine | None = None
              ) -> duckdb.DuckDBPyConnection:
-    """Registers ai_query on `con` (replacing an earlier registration) and returns `con`."""
+    """Registers ai_query on `con` (replacing an earlier registration) and returns `con`.
+
+    Requests go through `engine`, by default the process-wide Engine.shared(), so an endpoint's
+    limits hold across every connection."""
     if not isinstance(con, duckdb.DuckDBPyConnection):
         raise TypeError(f"register() needs a duckdb connection, got {type(con).__name__}")
-    return install(con, Engine(load_endpoints(endpoints, config), transport=transport))
-
-
-def install(con: duckdb.DuckDBPyConnection, engine: Engine) -> duckdb.DuckDBPyConnection:
-    """Binds the SQL functions on `con` to `engine` (register() builds the engine from settings)."""
+    settings = load_endpoints(endpoints, config)
+    registration = Registration(settings, engine or Engine.shared(), con,
+                                _statements("options.sql", "prefetch.sql"))
     try:
         con.remove_function(UDF_NAME)
     except duckdb.InvalidInputException:
         pass  # first registration on this connection
-    con.create_function(UDF_NAME, make_udf(engine),
-                        [sqltypes.VARCHAR, sqltypes.VARCHAR, sqltypes.VARCHAR, sqltypes.BLOB], sqltypes.VARCHAR,
+    con.create_function(UDF_NAME, make_udf(registration), UDF_PARAMETERS, sqltypes.VARCHAR,
                         type="arrow", null_handling="special", side_effects=True)
-    embedding = [name for name, e in engine.endpoints.items() if e.task == "embeddings"]
-    for statement in macro_statements(embedding):
+    embedding = [name for name, e in settings.items() if e.task == "embeddings"]
+    for statement in _statements("options.sql", "ai_query.sql", embedding_endpoints=embedding):
         con.execute(statement)
     return con
 
 
 def connect(database: str = ":memory:", *, endpoints: Mapping[str, Any] | None = None,
-            config: str | os.PathLike | None = None, transport: Transport | None = None,
+            config: str | os.PathLike | None = None, engine: Engine | None = None,
             **duckdb_options: Any) -> duckdb.DuckDBPyConnection:
     """A new DuckDB connection with every aiquery SQL function registered."""
     con = duckdb.connect(database, **duckdb_options)
     try:
-        return register(con, endpoints=endpoints, config=config, transport=transport)
+        return register(con, endpoints=endpoints, config=config, engine=engine)
     except BaseException:
         con.close()
         raise

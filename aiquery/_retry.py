@@ -54,11 +54,15 @@ def backoff(attempt: int, rand: Callable[[], float] = random.random) -> float:
     return rand() * min(BACKOFF_MAX, BACKOFF_INITIAL * 2 ** (attempt - 1))
 
 
-def _wait(state: tenacity.RetryCallState) -> float:
-    exc = state.outcome.exception() if state.outcome else None
+def wait_after(exc: BaseException | None, attempt: int) -> float:
+    """The wait after failed attempt number `attempt`: the server's Retry-After, else backoff."""
     if isinstance(exc, RequestError) and exc.retry_after is not None:
         return exc.retry_after
-    return backoff(state.attempt_number)
+    return backoff(attempt)
+
+
+def first_wait(exc: BaseException) -> float:
+    return wait_after(exc, 1)
 
 
 def _should_retry(exc: BaseException) -> bool:
@@ -67,11 +71,13 @@ def _should_retry(exc: BaseException) -> bool:
 
 async def call_with_retries(attempt: Callable[[], Awaitable], *, max_attempts: int, max_time: float,
                             on_retry: Callable[[BaseException], None] | None = None,
-                            sleep: Callable[[float], Awaitable] = asyncio.sleep):
-    """Await `attempt()` until it succeeds, fails for good, or attempts / time run out (last error raised)."""
+                            sleep: Callable[[float], Awaitable] = asyncio.sleep, attempts_done: int = 0):
+    """Await `attempt()` until it succeeds, fails for good, or attempts / time run out (last error raised).
+    `attempts_done` counts tries already made elsewhere, so backoff goes on growing from there."""
     retrying = tenacity.AsyncRetrying(
         stop=tenacity.stop_after_attempt(max_attempts) | tenacity.stop_after_delay(max_time),
-        wait=_wait,
+        wait=lambda state: wait_after(state.outcome.exception() if state.outcome else None,
+                                      state.attempt_number + attempts_done),
         retry=tenacity.retry_if_exception(_should_retry),
         before_sleep=(lambda state: on_retry(state.outcome.exception())) if on_retry else None,
         sleep=sleep,

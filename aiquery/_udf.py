@@ -9,19 +9,24 @@ send them, and check each answer against the requested type.
 from __future__ import annotations
 
 import difflib
+import itertools
 import json
+import threading
+import weakref
 from dataclasses import dataclass
 from typing import Any
 
+import duckdb
 import pyarrow as pa
 
 from . import _wire
 from ._config import Endpoint
-from ._engine import Call, Engine
+from ._engine import Call, Engine, Query
 from ._errors import AIQueryError, ArgumentError, OutputError, UnknownEndpointError
+from ._prefetch import Prefetcher, plan
+from ._providers import Target, resolve
 from ._types import SqlType, conform, parse_output, parse_type
 
-UDF_NAME = "__aiquery_invoke"
 _FORMAT_TYPES = ("text", "json_object", "json_schema")
 
 
@@ -77,12 +82,12 @@ def _response_format(value: Any) -> tuple[dict | None, SqlType | None, bool]:
     return schema, t, True
 
 
-def _lookup(engine: Engine, name: Any) -> Endpoint:
+def _lookup(endpoints: dict[str, Endpoint], name: Any) -> Endpoint:
     if not isinstance(name, str):
         raise ArgumentError("ai_query: endpoint must be a non-NULL string naming a registered endpoint")
-    endpoint = engine.endpoints.get(name)
+    endpoint = endpoints.get(name)
     if endpoint is None:
-        known = sorted(engine.endpoints)
+        known = sorted(endpoints)
         near = difflib.get_close_matches(name, known, n=1)
         hint = f" Did you mean {near[0]!r}?" if near else ""
         raise UnknownEndpointError(f"ai_query: unknown endpoint {name!r}.{hint} Registered endpoints: "
@@ -91,7 +96,7 @@ def _lookup(engine: Engine, name: Any) -> Endpoint:
     return endpoint
 
 
-def _call(endpoint: Endpoint, request: Any, options: Options, image: bytes | None) -> Call:
+def _call(endpoint: Endpoint, target: Target, request: Any, options: Options, image: bytes | None) -> Call:
     where = f"endpoint {endpoint.name!r} ({endpoint.task})"
     if options.response_format is not None and endpoint.task != "chat":
         raise ArgumentError(f"responseFormat applies to chat endpoints only; {where}")
@@ -107,8 +112,8 @@ def _call(endpoint: Endpoint, request: Any, options: Options, image: bytes | Non
     else:
         if not isinstance(request, str):
             raise ArgumentError(f"request for {where} must be a string to embed, got {type(request).__name__}")
-        return Call(endpoint, params, text=request)
-    return Call(endpoint, body)
+        return Call(endpoint, target, params, text=request)
+    return Call(endpoint, target, body)
 
 
 def _value(endpoint: Endpoint, answer: _wire.Answer, options: Options) -> Any:
@@ -129,52 +134,147 @@ def _value(endpoint: Endpoint, answer: _wire.Answer, options: Options) -> Any:
     return value
 
 
-def make_udf(engine: Engine):
-    """The Arrow UDF bound to `engine`, registered as __aiquery_invoke(endpoint, request, options, files)."""
+_registrations = itertools.count()
 
-    def invoke(endpoints: pa.Array, requests: pa.Array, options: pa.Array, files: pa.Array) -> pa.Array:
+
+class Registration:
+    """What one connection's aiquery functions use: its endpoints, the engine, and a way to open
+    cursors for reading ahead. The connection is held weakly: it holds this object (through the
+    UDF), and a cycle through DuckDB's C++ side would never be collected."""
+
+    def __init__(self, endpoints: dict[str, Endpoint], engine: Engine,
+                 connection: duckdb.DuckDBPyConnection, prefetch_macros: list[str]):
+        self.endpoints = endpoints
+        self.engine = engine
+        self._connection = weakref.ref(connection)
+        self._cursor_lock = threading.Lock()  # a DuckDB connection object is used by one thread at a time
+        self._prefetch_macros = prefetch_macros
+        self._plans: dict[str, str | None] = {}
+        self._options: dict[str, Options] = {}
+        self._targets: dict[str, Target] = {}
+        self._token = next(_registrations)  # tells apart equal queries of different connections
+
+    def options(self, text: str) -> Options:
+        opts = self._options.get(text)
+        if opts is None:
+            opts = read_options(text)
+            if len(self._options) < 1024:
+                self._options[text] = opts
+        return opts
+
+    def build(self, name: Any, request: str, options: str, image: bytes | None) -> tuple[Endpoint, Options, Call]:
+        """The call for one row (request and options as the JSON texts the macros produce)."""
+        opts = self.options(options)
+        endpoint = _lookup(self.endpoints, name)
+        target = self._targets.get(endpoint.name)
+        if target is None:  # read when first used, so a key exported after connect() is found
+            target = self._targets[endpoint.name] = resolve(endpoint)
+        return endpoint, opts, _call(endpoint, target, json.loads(request), opts, image)
+
+    def prefetch_calls(self, rows: list[dict]) -> list[Call]:
+        """Calls for rows of a prefetch plan; rows that would fail are left for the real query."""
+        calls = []
+        for row in rows:
+            if row is None or row["request"] is None:
+                continue
+            try:
+                calls.append(self.build(row["endpoint"], row["request"], row["options"], row["files"])[2])
+            except AIQueryError:
+                continue
+        return calls
+
+    def _cursor(self) -> duckdb.DuckDBPyConnection:
+        connection = self._connection()
+        if connection is None:
+            raise duckdb.ConnectionException("the connection was closed")
+        with self._cursor_lock:
+            return connection.cursor()
+
+    def _open_prefetch_cursor(self) -> duckdb.DuckDBPyConnection:
+        cursor = self._cursor()
+        for statement in self._prefetch_macros:
+            cursor.execute(statement)
+        return cursor
+
+    def _plan(self, statement: str) -> str | None:
+        if statement not in self._plans:
+            try:
+                cursor = self._cursor()
+                try:
+                    self._plans[statement] = plan(statement, cursor)
+                finally:
+                    cursor.close()
+            except duckdb.Error:
+                self._plans[statement] = None
+        return self._plans[statement]
+
+    def start_query(self, statement: str, txid: int, window: int) -> Query:
+        """The engine's record of this query; starts reading ahead when the query allows it."""
+        query, created = self.engine.query((self._token, txid, statement), window)
+        if created and window > 0:
+            sql = self._plan(statement)
+            if sql is not None:
+                hold = lambda calls: self.engine.hold(calls, query)  # noqa: E731
+                query.prefetcher = Prefetcher(sql, self._open_prefetch_cursor, self.prefetch_calls, hold,
+                                              query.duckdb_turn)
+                query.prefetcher.start()
+        return query
+
+
+def make_udf(registration: Registration):
+    """The Arrow UDF __aiquery_invoke(endpoint, request, options, files, statement, txid)."""
+    engine = registration.engine
+
+    def invoke(endpoints: pa.Array, requests: pa.Array, options: pa.Array, files: pa.Array,
+               statements: pa.Array, txids: pa.Array) -> pa.Array:
         n = len(requests)
         names, raw_requests = endpoints.to_pylist(), requests.to_pylist()
         raw_options, images = options.to_pylist(), files.to_pylist()
-        parsed: dict[str, Options] = {}
         out: list[str | None] = [None] * n
         calls: list[Call] = []
         rows: list[tuple[int, Endpoint, Options]] = []
-        failures: dict[int, tuple[Options, AIQueryError]] = {}
+        failures: dict[int, AIQueryError] = {}
+        fail_fast = True
         for i in range(n):
             if raw_requests[i] is None:
                 continue  # NULL request: NULL answer, nothing sent
-            opts = parsed.get(raw_options[i])
-            if opts is None:
-                opts = parsed[raw_options[i]] = read_options(raw_options[i])
-            endpoint = _lookup(engine, names[i])
             try:
-                call = _call(endpoint, json.loads(raw_requests[i]), opts, images[i])
-            except ArgumentError as exc:
-                if opts.fail_on_error:
+                endpoint, opts, call = registration.build(names[i], raw_requests[i], raw_options[i], images[i])
+            except ArgumentError as exc:  # an argument of this row; settings problems fail the query
+                opts = registration.options(raw_options[i])
+                if opts.fail_on_error or isinstance(exc, UnknownEndpointError):
                     raise
-                failures[i] = (opts, exc)
+                failures[i] = exc
                 continue
+            fail_fast = fail_fast and opts.fail_on_error
             calls.append(call)
             rows.append((i, endpoint, opts))
-        fail_fast = all(opts.fail_on_error for _, _, opts in rows)
-        answers = engine.run(calls, fail_fast=fail_fast)
-        for (i, endpoint, opts), answer in zip(rows, answers):
-            if answer is None:
-                continue  # not finished: an earlier row failed and stopped the batch
-            if not isinstance(answer, AIQueryError):
-                try:
-                    value = _value(endpoint, answer, opts)
-                except AIQueryError as exc:
-                    answer = exc
-                else:
-                    out[i] = json.dumps(value if opts.fail_on_error else {"response": value, "errorMessage": None},
-                                        ensure_ascii=False)
-                    continue
-            if opts.fail_on_error:
-                raise answer
-            failures[i] = (opts, answer)
-        for i, (_opts, exc) in failures.items():
+        query, answers = None, []
+        if calls:
+            query = registration.start_query(statements[0].as_py(), txids[0].as_py(), rows[0][1].lookahead)
+            with query.udf_call():
+                answers = engine.run(calls, fail_fast=fail_fast, query=query)
+        try:
+            for (i, endpoint, opts), answer in zip(rows, answers):
+                if answer is None:
+                    continue  # not finished: an earlier row failed and stopped the batch
+                if not isinstance(answer, AIQueryError):
+                    try:
+                        value = _value(endpoint, answer, opts)
+                    except AIQueryError as exc:
+                        answer = exc
+                    else:
+                        out[i] = json.dumps(value if opts.fail_on_error else {"response": value, "errorMessage": None},
+                                            ensure_ascii=False)
+                        continue
+                if opts.fail_on_error:
+                    raise answer
+                failures[i] = answer
+        except AIQueryError:
+            if query is not None:
+                engine.end_query(query)  # the query fails: stop reading ahead for it now
+            raise
+        for i, exc in failures.items():
             out[i] = json.dumps({"response": None, "errorMessage": str(exc)}, ensure_ascii=False)
         return pa.array(out, type=pa.string())
 

@@ -5,7 +5,7 @@ import aiquery
 
 def test_public_names():
     assert sorted(aiquery.__all__) == sorted([
-        "AIQueryError", "AiohttpTransport", "ArgumentError", "ConfigError", "Endpoint", "HTTPStatusError",
+        "AIQueryError", "AiohttpTransport", "ArgumentError", "ConfigError", "Endpoint", "Engine", "HTTPStatusError",
         "HttpxTransport", "OutputError", "RequestError", "ResponseError", "TransportError", "UnknownEndpointError",
         "connect", "register",
     ])

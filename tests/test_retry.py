@@ -4,11 +4,8 @@ import email.utils
 
 import pytest
 
-import duckdb
-
-from aiquery._config import load_endpoints
-from aiquery._engine import Engine
-from aiquery._registration import install
+import aiquery
+from aiquery import Engine
 from aiquery._retry import BACKOFF_MAX, MAX_RETRY_AFTER, backoff, is_retryable_status, parse_retry_after
 
 
@@ -48,8 +45,7 @@ def _engine_connection(endpoints, sleeps, **chat):
     async def fake_sleep(seconds):
         sleeps.append(seconds)
 
-    engine = Engine(load_endpoints({"chat": {**endpoints["chat"], **chat}}), sleep=fake_sleep)
-    return install(duckdb.connect(), engine)
+    return aiquery.connect(endpoints={"chat": {**endpoints["chat"], **chat}}, engine=Engine(sleep=fake_sleep))
 
 
 def test_transient_errors_are_retried_to_the_right_answer(endpoints, server):

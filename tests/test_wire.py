@@ -24,9 +24,9 @@ def test_requests_through_an_injected_httpx_transport():
         seen.append((str(request.url), json.loads(request.content)))
         return httpx.Response(200, json=_chat_reply("hello back"))
 
-    transport = aiquery.HttpxTransport(httpx.MockTransport(handler))
+    engine = aiquery.Engine(transport=aiquery.HttpxTransport(httpx.MockTransport(handler)))
     endpoints = {"m": {"base_url": "http://mock.local/v1", "model": "tiny"}}
-    with aiquery.connect(endpoints=endpoints, transport=transport) as con:
+    with aiquery.connect(endpoints=endpoints, engine=engine) as con:
         assert con.sql("SELECT ai_query('m', 'hello')").fetchall()[0] == ("hello back",)
     assert seen == [("http://mock.local/v1/chat/completions",
                      {"model": "tiny", "messages": [{"role": "user", "content": "hello"}]})]

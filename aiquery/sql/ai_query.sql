@@ -3,7 +3,8 @@
 -- The Python UDF __aiquery_invoke answers JSON text; json_transform_strict turns it into the
 -- column's type. DuckDB must know that type at bind time, so it is computed here, from the
 -- constant arguments, with string functions only (a Python call cannot run at bind time).
--- $EMBEDDING_ENDPOINTS and $DDL(...) are filled in at registration (aiquery/_registration.py).
+-- $EMBEDDING_ENDPOINTS and $DDL(...) are filled in at registration (aiquery/_registration.py);
+-- __aiquery_options comes from options.sql.
 
 -- The answer's type: returnType, else a DDL responseFormat, else what the endpoint's task returns.
 CREATE OR REPLACE TEMP MACRO __aiquery_answer_type(endpoint, responseFormat, returnType) AS
@@ -21,10 +22,10 @@ CASE WHEN failOnError THEN __aiquery_answer_type(endpoint, responseFormat, retur
 CREATE OR REPLACE TEMP MACRO ai_query(endpoint, request, modelParameters := NULL, failOnError := true,
                                       responseFormat := NULL, returnType := NULL, files := NULL) AS
 json_transform_strict(
+    -- current_query() and txid_current() tell the UDF which query a batch belongs to (for reading ahead).
     __aiquery_invoke(endpoint, to_json(request),
-                     to_json({'modelParameters': modelParameters, 'failOnError': failOnError,
-                              'responseFormat': responseFormat, 'returnType': returnType}),
-                     files),
+                     __aiquery_options(modelParameters, failOnError, responseFormat, returnType),
+                     files, current_query(), txid_current()),
     -- nullif(endpoint, endpoint) adds nothing: it only makes DuckDB check this macro at its first use,
     -- when the arguments are known constants, instead of at CREATE time.
     concat(to_json(__aiquery_column_type(endpoint, failOnError, responseFormat, returnType)),

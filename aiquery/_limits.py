@@ -1,0 +1,116 @@
+"""How many requests an endpoint gets at once, and how many per minute.
+
+Concurrency adapts to the server (AIMD with a slow start): it starts at `SLOW_START` in flight (or
+max_concurrency if lower) and grows by one per success until the first 429, so a server with a
+lower limit than we were told sees few rejections. After that, every success adds 1/limit (one
+more slot per round trip). A 429 sets the limit just below the number of requests the server was
+holding at that moment, at most once per round of requests sent at the previous limit. It never
+exceeds max_concurrency.
+Requests- and tokens-per-minute limits are leaky buckets (aiolimiter); tokens are estimated
+before sending (prompt characters / 4 + max_tokens) since the real count is known only after.
+One EndpointLimits is shared by every query and connection that uses the same endpoint.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+from dataclasses import dataclass
+
+from aiolimiter import AsyncLimiter
+
+SLOW_START = 64        # requests in flight before the server has shown its limit
+DECREASE_FACTOR = 0.9  # a 429 sets the limit to this share of what the server was holding
+
+
+class AdaptiveLimit:
+    """An in-flight limit between 1 and `ceiling`, lowered by 429s and raised by successes."""
+
+    def __init__(self, ceiling: int):
+        self.ceiling = ceiling
+        self.limit = float(min(ceiling, SLOW_START))
+        self.slow_start = ceiling > SLOW_START
+        self.in_flight = 0
+        self.epoch = 0  # bumped by each decrease; a 429 from an older epoch does not decrease again
+        self._waiters: collections.deque[asyncio.Future] = collections.deque()
+
+    def set_ceiling(self, ceiling: int) -> None:
+        self.ceiling = ceiling
+        self.limit = min(self.limit, float(ceiling))
+        self._wake()
+
+    async def acquire(self) -> int:
+        """Waits for a slot; returns the epoch the request is sent in."""
+        while self.in_flight >= int(self.limit):
+            waiter = asyncio.get_running_loop().create_future()
+            self._waiters.append(waiter)
+            try:
+                await waiter
+            except asyncio.CancelledError:
+                if waiter.done() and not waiter.cancelled():
+                    self._wake()  # pass the slot we were given on to the next waiter
+                raise
+        self.in_flight += 1
+        return self.epoch
+
+    def release(self, epoch: int, throttled: bool, failed: bool) -> None:
+        """Frees a slot. A 429 lowers the limit, a success raises it, other failures leave it."""
+        self.in_flight -= 1
+        if throttled:
+            if epoch == self.epoch:
+                self.slow_start = False
+                self.limit = max(1.0, min(self.limit, self.in_flight + 1) * DECREASE_FACTOR)
+                self.epoch += 1
+        elif not failed:
+            step = 1 if self.slow_start else 1 / self.limit
+            self.limit = min(float(self.ceiling), self.limit + step)
+        self._wake()
+
+    def _wake(self) -> None:
+        free = int(self.limit) - self.in_flight
+        while free > 0 and self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                free -= 1
+
+
+@dataclass
+class EndpointLimits:
+    """Every limit of one endpoint. Lives on the engine's loop."""
+
+    concurrency: AdaptiveLimit
+    requests_per_minute: AsyncLimiter | None = None
+    tokens_per_minute: AsyncLimiter | None = None
+
+    @classmethod
+    def create(cls, max_concurrency: int, rpm: int | None, tpm: int | None) -> "EndpointLimits":
+        limits = cls(AdaptiveLimit(max_concurrency))
+        limits.configure(max_concurrency, rpm, tpm)
+        return limits
+
+    def configure(self, max_concurrency: int, rpm: int | None, tpm: int | None) -> None:
+        """The latest registration's settings win; the adaptive state is kept."""
+        self.concurrency.set_ceiling(max_concurrency)
+        if rpm is None:
+            self.requests_per_minute = None
+        elif self.requests_per_minute is None or self.requests_per_minute.max_rate != rpm:
+            self.requests_per_minute = AsyncLimiter(rpm, 60)
+        if tpm is None:
+            self.tokens_per_minute = None
+        elif self.tokens_per_minute is None or self.tokens_per_minute.max_rate != tpm:
+            self.tokens_per_minute = AsyncLimiter(tpm, 60)
+
+    async def admit(self, estimated_tokens: int) -> None:
+        """Waits until the per-minute limits allow one more request of this size."""
+        if self.requests_per_minute is not None:
+            await self.requests_per_minute.acquire()
+        if self.tokens_per_minute is not None:
+            await self.tokens_per_minute.acquire(min(estimated_tokens, self.tokens_per_minute.max_rate))
+
+
+def estimate_tokens(body: dict) -> int:
+    """A pre-flight token estimate: about 4 characters per token, plus what the answer may use."""
+    text_chars = sum(len(str(v)) for k, v in body.items() if k in ("messages", "prompt", "input"))
+    max_tokens = body.get("max_tokens") or body.get("max_completion_tokens") or 0
+    return max(1, text_chars // 4 + (max_tokens if isinstance(max_tokens, int) else 0))
