@@ -39,6 +39,7 @@ _PARSERS: dict[str, Callable[[bytes, str], _wire.Answer]] = {
     "chat": _wire.parse_chat, "completions": _wire.parse_completions, "custom": _wire.parse_custom,
 }
 MEMO_SIZE = 50_000   # answers a query remembers for repeats of the same request
+MAX_BEHIND = 100_000  # rows DuckDB may be ahead of the prefetcher before reading ahead stops
 QUERY_IDLE_END = 2.0  # seconds without a UDF call after which a query counts as finished
 
 
@@ -83,7 +84,11 @@ class Query:
     identity: tuple
     window: threading.Semaphore
     memo: collections.OrderedDict = field(default_factory=collections.OrderedDict)
+    # Rows are matched one to one between the prefetcher and DuckDB's batches: a row the
+    # prefetcher registered first is in `holds` until a batch takes it; a row a batch took first
+    # is in `taken`, so the prefetcher skips it when it gets there.
     holds: collections.Counter = field(default_factory=collections.Counter)
+    taken: collections.Counter = field(default_factory=collections.Counter)
     active: int = 0  # batches in the engine now (loop side)
     last_active: float = field(default_factory=time.monotonic)
     stopped: threading.Event = field(default_factory=threading.Event)
@@ -190,6 +195,7 @@ class Engine:
         self._runtimes: dict[tuple, _Runtime] = {}
         self._entries: dict[str, _Entry] = {}
         self._queries: dict[tuple, Query] = {}
+        self._seen: collections.deque = collections.deque(maxlen=4096)  # identities already read ahead
         # On close(), when the engine goes away, or at exit: stop reading ahead, close the HTTP
         # session, stop the thread. The finalizer holds no reference to the engine itself.
         self._finalizer = weakref.finalize(self, _shutdown, self._queries, self._loop_thread, self._transport)
@@ -211,13 +217,16 @@ class Engine:
         return self._loop_thread.loop(lambda loop: loop.create_task(self._watch_queries()))
 
     def query(self, identity: tuple, window: int) -> tuple[Query, bool]:
-        """The running query with this identity, and whether it was just created."""
+        """The running query with this identity, and whether it may read ahead (only the first
+        time: a query that went quiet and came back must not start again from its first row)."""
         with self._queries_lock:
             query = self._queries.get(identity)
-            if query is not None and not query.stopped.is_set():
+            if query is not None:
                 return query, False
             query = self._queries[identity] = Query(identity, threading.Semaphore(max(window, 1)))
-            return query, True
+            first = identity not in self._seen
+            self._seen.append(identity)
+            return query, first
 
     def run(self, calls: Sequence[Call], fail_fast: bool, query: Query | None = None) -> list:
         """Answers (or errors) for `calls`, in order. With fail_fast, stops at the first error."""
@@ -293,6 +302,11 @@ class Engine:
                 for key in keys:
                     if query.holds[key] > 0:
                         self._take_hold(key, query)
+                    elif query.prefetcher is not None:
+                        query.taken[key] += 1
+                if len(query.taken) > MAX_BEHIND:  # the prefetcher cannot keep up: it only costs memory
+                    query.stopped.set()
+                    query.taken.clear()
             futures = {self._entries[key].future: key for key in waiting}
             if futures:
                 await asyncio.wait(futures, return_when=asyncio.FIRST_EXCEPTION if fail_fast else asyncio.ALL_COMPLETED)
@@ -315,9 +329,17 @@ class Engine:
                 query.last_active = time.monotonic()
 
     def _hold(self, calls: list[Call], query: Query) -> None:
-        fresh = [] if query.stopped.is_set() else [c for c in calls if c.key not in query.memo]
-        for _ in range(len(calls) - len(fresh)):
-            query.window.release()  # answered already (the prefetcher was behind) or too late
+        fresh = []
+        for call in calls:
+            if query.stopped.is_set():
+                query.window.release()
+            elif query.taken[call.key] > 0:  # a batch got to this row first
+                query.taken[call.key] -= 1
+                if not query.taken[call.key]:
+                    del query.taken[call.key]
+                query.window.release()
+            else:
+                fresh.append(call)
         self._start([c for c in fresh if c.key not in self._entries])
         for call in fresh:
             key = call.key
@@ -326,7 +348,7 @@ class Engine:
 
     def _take_hold(self, key: str, query: Query) -> None:
         query.holds[key] -= 1
-        if query.holds[key] <= 0:
+        if not query.holds[key]:
             del query.holds[key]
         entry = self._entries.get(key)
         if entry is not None:
@@ -421,13 +443,13 @@ class Engine:
             if rt.limits.requests_per_minute or rt.limits.tokens_per_minute:
                 await rt.limits.admit(tokens)
             concurrency = rt.limits.concurrency
-            epoch = await concurrency.acquire()
+            ticket = await concurrency.acquire()
             status = None
             try:
                 response = await self._transport.post(target.url, headers, payload, endpoint.timeout, endpoint.name)
                 status = response.status
             finally:
-                concurrency.release(epoch, throttled=status == 429, failed=status is None or status >= 300)
+                concurrency.release(ticket, throttled=status == 429, failed=status is None or status >= 300)
             if status == 429:
                 rt.stats.throttled += 1
             if not 200 <= status < 300:

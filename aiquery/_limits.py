@@ -2,10 +2,11 @@
 
 Concurrency adapts to the server (AIMD with a slow start): it starts at `SLOW_START` in flight (or
 max_concurrency if lower) and grows by one per success until the first 429, so a server with a
-lower limit than we were told sees few rejections. After that, every success adds 1/limit (one
-more slot per round trip). A 429 sets the limit just below the number of requests the server was
-holding at that moment, at most once per round of requests sent at the previous limit. It never
-exceeds max_concurrency.
+lower limit than we were told sees few rejections. A 429 sets the limit to the number of requests
+sent before the rejected one and still out: rejections come back fast, so those are the ones the
+server accepted, which is its capacity. That happens at most once per round of requests sent at
+the previous limit. After it, each success adds PROBE/limit, so the limit creeps up and finds
+out, now and then, whether the server takes one more. It never exceeds max_concurrency.
 Requests- and tokens-per-minute limits are leaky buckets (aiolimiter); tokens are estimated
 before sending (prompt characters / 4 + max_tokens) since the real count is known only after.
 One EndpointLimits is shared by every query and connection that uses the same endpoint.
@@ -15,12 +16,21 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import itertools
 from dataclasses import dataclass
 
 from aiolimiter import AsyncLimiter
 
-SLOW_START = 64        # requests in flight before the server has shown its limit
-DECREASE_FACTOR = 0.9  # a 429 sets the limit to this share of what the server was holding
+SLOW_START = 64  # requests in flight before the server has shown its limit
+PROBE = 0.25     # after a 429, one more slot per four round trips of successes
+
+
+@dataclass(frozen=True)
+class Ticket:
+    """A slot: its place in sending order and the limit's epoch when it was sent."""
+
+    seq: int
+    epoch: int
 
 
 class AdaptiveLimit:
@@ -30,17 +40,22 @@ class AdaptiveLimit:
         self.ceiling = ceiling
         self.limit = float(min(ceiling, SLOW_START))
         self.slow_start = ceiling > SLOW_START
-        self.in_flight = 0
         self.epoch = 0  # bumped by each decrease; a 429 from an older epoch does not decrease again
+        self._sent = itertools.count()
+        self._out: set[int] = set()  # seqs of the requests in flight
         self._waiters: collections.deque[asyncio.Future] = collections.deque()
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._out)
 
     def set_ceiling(self, ceiling: int) -> None:
         self.ceiling = ceiling
         self.limit = min(self.limit, float(ceiling))
         self._wake()
 
-    async def acquire(self) -> int:
-        """Waits for a slot; returns the epoch the request is sent in."""
+    async def acquire(self) -> Ticket:
+        """Waits for a slot."""
         while self.in_flight >= int(self.limit):
             waiter = asyncio.get_running_loop().create_future()
             self._waiters.append(waiter)
@@ -50,19 +65,21 @@ class AdaptiveLimit:
                 if waiter.done() and not waiter.cancelled():
                     self._wake()  # pass the slot we were given on to the next waiter
                 raise
-        self.in_flight += 1
-        return self.epoch
+        ticket = Ticket(next(self._sent), self.epoch)
+        self._out.add(ticket.seq)
+        return ticket
 
-    def release(self, epoch: int, throttled: bool, failed: bool) -> None:
+    def release(self, ticket: Ticket, throttled: bool, failed: bool) -> None:
         """Frees a slot. A 429 lowers the limit, a success raises it, other failures leave it."""
-        self.in_flight -= 1
+        self._out.discard(ticket.seq)
         if throttled:
-            if epoch == self.epoch:
+            if ticket.epoch == self.epoch:
+                accepted = sum(1 for seq in self._out if seq < ticket.seq)
+                self.limit = float(max(1, min(int(self.limit), accepted)))
                 self.slow_start = False
-                self.limit = max(1.0, min(self.limit, self.in_flight + 1) * DECREASE_FACTOR)
                 self.epoch += 1
         elif not failed:
-            step = 1 if self.slow_start else 1 / self.limit
+            step = 1 if self.slow_start else PROBE / self.limit
             self.limit = min(float(self.ceiling), self.limit + step)
         self._wake()
 

@@ -96,6 +96,8 @@ class Received:
     body: dict | None  # None when the body is not a JSON object
     raw: bytes
     status: int  # status we answered; 0 while pending or when the connection was reset
+    arrived: float = 0.0   # time.monotonic() when the request arrived
+    answered: float = 0.0  # time.monotonic() when the answer was ready (0 while pending)
 
 
 class BadRequest(Exception):
@@ -332,6 +334,7 @@ class FakeServer:
             body=body if isinstance(body, dict) else None,
             raw=raw,
             status=0,
+            arrived=time.monotonic(),
         )
         with self._lock:
             self._requests.append(record)
@@ -343,6 +346,7 @@ class FakeServer:
         if response is None:  # [[reset]] aborted the transport; aiohttp silently drops what we return
             return web.Response()
         record.status = response.status
+        record.answered = time.monotonic()
         return response
 
     async def _route(self, request: web.Request, record: Received) -> web.StreamResponse | None:

@@ -1,0 +1,103 @@
+"""Reading ahead of DuckDB: slots stay busy across batches, and nothing is sent that the query does not need."""
+
+import duckdb
+import pytest
+
+import aiquery
+from aiquery._prefetch import plan
+
+
+@pytest.mark.parametrize("statement, expected", [
+    ("SELECT id, ai_query('chat', p) FROM t", "SELECT ai_query('chat', p) AS c0 FROM t"),
+    ("CREATE TABLE s AS SELECT id, ai_query('chat', p) AS a FROM t WHERE id > 3",
+     "SELECT ai_query('chat', p) AS c0 FROM t WHERE (id > 3)"),
+    ("create or replace temp table s as select ai_query('chat', p) from t",
+     "SELECT ai_query('chat', p) AS c0 FROM t"),
+    ("INSERT INTO s (a) SELECT ai_query('chat', p) FROM t", "SELECT ai_query('chat', p) AS c0 FROM t"),
+    ("SELECT r.label FROM (SELECT ai_query('chat', p, responseFormat => 'STRUCT<label: STRING>') AS r FROM t) ORDER BY 1",
+     "SELECT ai_query('chat', p, responseFormat := 'STRUCT<label: STRING>') AS c0 FROM t"),
+    ("SELECT ai_query('chat', p), ai_query('embed', p) FROM t ORDER BY id",
+     "SELECT ai_query('chat', p) AS c0, ai_query('embed', p) AS c1 FROM t"),
+    ("SELECT ai_query('chat', p) FROM t LIMIT 3", None),                          # DuckDB stops early
+    ("SELECT CASE WHEN id > 1 THEN ai_query('chat', p) END FROM t", None),         # not every row
+    ("SELECT coalesce(x, ai_query('chat', p)) FROM t", None),
+    ("SELECT ai_query('chat', p) FROM t WHERE ai_query('chat', q) = 'yes'", None),  # a call in WHERE
+    ("SELECT ai_query('chat', p || random()) FROM t", None),                       # volatile arguments
+    ("SELECT ai_query('chat', p) FROM t USING SAMPLE 10", None),
+    ("SELECT * FROM (SELECT ai_query('chat', p) AS a FROM t) WHERE id < 3", None),  # filter pushed below
+    ("SELECT ai_query('chat', ai_query('chat', p)) FROM t", None),                 # nested calls
+    ("SELECT 1", None),
+])
+def test_which_queries_are_read_ahead(statement, expected):
+    with duckdb.connect() as con:
+        assert plan(statement, con) == expected
+
+
+def _table(con, rows, prompt="'row ' || i"):
+    con.sql(f"CREATE TABLE t AS SELECT i AS id, {prompt} AS p FROM range({rows}) r(i)")
+
+
+@pytest.mark.parametrize("lookahead", [0, 8192])
+def test_later_batches_start_while_a_slow_row_of_the_first_is_still_running(endpoints, server, lookahead):
+    settings = {"chat": {**endpoints["chat"], "max_concurrency": 64, "lookahead": lookahead}}
+    with aiquery.connect(endpoints=settings) as con:
+        _table(con, 4096, "CASE WHEN i = 0 THEN 'slow [[sleep=1]]' ELSE 'row ' || i END")
+        result = con.sql("SELECT id, ai_query('chat', p) AS a FROM t ORDER BY id").fetchall()
+    assert [a for _, a in result[1:3]] == ["echo: row 1", "echo: row 2"] and len(result) == 4096
+    slow = next(r for r in server.requests if "slow" in r.body["messages"][0]["content"])
+    prompts = [(r, r.body["messages"][0]["content"]) for r in server.requests]
+    later = [r for r, p in prompts if p.startswith("row ") and int(p.split()[1]) >= 2048]
+    overlapped = sum(r.arrived < slow.answered for r in later)
+    if lookahead:
+        assert overlapped > 1000  # the second batch ran while the first one's slow row was out
+    else:
+        assert overlapped == 0    # batch by batch: nothing of the second batch before the first ended
+    assert len(server.requests) == 4096
+
+
+def test_every_row_is_sent_once_with_read_ahead(con, server):
+    _table(con, 10_000)
+    con.sql("CREATE TABLE scored AS SELECT id, ai_query('chat', p) AS a FROM t")
+    assert con.sql("SELECT count(*) FROM scored WHERE a = 'echo: row ' || id").fetchall() == [(10_000,)]
+    sent = [r.body["messages"][0]["content"] for r in server.requests]
+    assert len(sent) == 10_000 and len(set(sent)) == 10_000
+
+
+def test_only_rows_the_query_keeps_are_sent(con, server):
+    _table(con, 5000)
+    assert len(con.sql("SELECT ai_query('chat', p) FROM t WHERE id % 10 = 0").fetchall()) == 500
+    assert len(server.requests) == 500
+    server.reset()
+    assert len(con.sql("SELECT ai_query('chat', p) FROM t LIMIT 5").fetchall()) == 5
+    assert len(server.requests) == 5
+
+
+def test_repeats_within_a_query_are_sent_once(con, server):
+    _table(con, 5000, "'category ' || (i % 10)")
+    result = con.sql("SELECT DISTINCT ai_query('chat', p) FROM t").fetchall()
+    assert len(result) == 10 and len(server.requests) == 10
+
+
+def test_a_temp_table_cannot_be_read_ahead_and_still_gives_every_row(con, server):
+    con.sql("CREATE TEMP TABLE t AS SELECT i AS id, 'row ' || i AS p FROM range(3000) r(i)")
+    result = con.sql("SELECT id, ai_query('chat', p) FROM t").fetchall()
+    assert sorted(result) == [(i, f"echo: row {i}") for i in range(3000)]
+    assert len(server.requests) == 3000
+
+
+def test_the_connection_closes_right_after_a_query(endpoints, server):
+    for _ in range(5):
+        con = aiquery.connect(endpoints=endpoints)
+        con.sql("CREATE TABLE t AS SELECT 'x' || i AS p FROM range(3) r(i)")
+        con.sql("SELECT ai_query('chat', p) FROM t").fetchall()
+        con.close()  # must not find a read-ahead cursor busy
+
+
+def test_a_failing_query_stops_reading_ahead(endpoints, server):
+    settings = {"chat": {**endpoints["chat"], "max_concurrency": 8, "lookahead": 256}}
+    with aiquery.connect(endpoints=settings) as con:
+        _table(con, 20_000, "CASE WHEN i = 10 THEN 'bad [[status=400]]' ELSE 'row ' || i END")
+        with pytest.raises(Exception, match="HTTP 400"):
+            con.sql("SELECT ai_query('chat', p) FROM t").fetchall()
+        assert len(server.requests) < 2048 + 256 + 8  # a batch, the window and what was in flight
+        assert con.sql("SELECT 42").fetchall() == [(42,)]  # the connection is still usable
