@@ -13,9 +13,10 @@ runs on every row the second query yields, and refuses the rest (they still run,
 - the statement is a SELECT, or a CREATE TABLE AS / INSERT INTO ... SELECT, without LIMIT or SAMPLE;
 - every ai_query call is in the select list, not under CASE / AND / OR / COALESCE / IF / a lambda;
 - nothing in it is volatile (random(), now(), nextval(), ...), which would change the arguments;
-- the FROM clause can be read from another cursor: tables of the database and files; not temp
-  tables, views registered on the connection or Python variables (the prefetch query then fails
-  and the query runs batch by batch).
+- the FROM clause can be read from another cursor: tables of the database, files, and Python
+  data frames / Arrow tables named by a variable (found the way DuckDB's replacement scan finds
+  them, in the frames of the thread running the query); not temp tables or views registered on
+  the connection (the prefetch query then fails and the query runs batch by batch).
 """
 
 from __future__ import annotations
@@ -23,8 +24,10 @@ from __future__ import annotations
 import json
 import logging
 import re
+import sys
 import threading
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import duckdb
@@ -90,17 +93,80 @@ def _unconditional_calls(expr: Any, found: list, conditional: bool = False) -> N
 
 
 def _innermost(node: dict) -> dict:
-    """Descends through plain `SELECT ... FROM (subquery)` wrappers to the node that calls ai_query."""
+    """Descends through plain `SELECT ... FROM (subquery)` wrappers to the node that calls ai_query,
+    carrying the wrappers' CTEs down (DuckDB's Python API wraps queries over Python objects so)."""
     while (node.get("type") == "SELECT_NODE" and node["from_table"].get("type") == "SUBQUERY"
            and not any(_is_ai_query(n) for n in _walk(node["select_list"]))
            and node.get("where_clause") is None and node.get("having") is None and node.get("qualify") is None
-           and not node.get("group_expressions") and not node["cte_map"]["map"]
+           and not node.get("group_expressions")
            and all(m["type"] == "ORDER_MODIFIER" for m in node["modifiers"])):
-        node = node["from_table"]["subquery"]["node"]
+        inner = node["from_table"]["subquery"]["node"]
+        inner_names = {entry["key"] for entry in inner["cte_map"]["map"]}
+        carried = [entry for entry in node["cte_map"]["map"] if entry["key"] not in inner_names]
+        node = dict(inner, cte_map={"map": carried + inner["cte_map"]["map"]})
     return node
 
 
-def plan(statement: str, parser: duckdb.DuckDBPyConnection) -> str | None:
+def _python_sources(node: dict) -> set[str]:
+    """Removes the CTEs DuckDB's Python API adds for Python objects (`name AS (SELECT * FROM
+    "__duckdb_source_..")`, bound on the connection only) and returns their names."""
+    names, kept = set(), []
+    for entry in node["cte_map"]["map"]:
+        body = entry["value"]["query_node"]
+        source = body.get("from_table", {})
+        if (body.get("type") == "SELECT_NODE" and source.get("type") == "BASE_TABLE"
+                and source.get("table_name", "").startswith("__duckdb_source_")
+                and [e.get("class") for e in body["select_list"]] == ["STAR"]):
+            names.add(entry["key"])
+        else:
+            kept.append(entry)
+    node["cte_map"] = {"map": kept}
+    return names
+
+
+@dataclass
+class Plan:
+    """The read-ahead query, and Python objects it scans that a cursor must be given by name."""
+
+    sql: str
+    objects: dict[str, Any] = field(default_factory=dict)
+
+
+# Objects a second scan reads the same way (iterators and readers would be consumed by it),
+# as (module, class); a module not imported yet cannot have made the object.
+_RESCANNABLE = (("pandas", "DataFrame"), ("pyarrow", "Table"), ("pyarrow.dataset", "Dataset"), ("polars", "DataFrame"))
+
+
+def _rescannable(value: Any) -> bool:
+    return any(isinstance(value, getattr(sys.modules.get(module), cls, ()))
+               for module, cls in _RESCANNABLE)
+
+
+def _python_object(name: str) -> Any:
+    """The data frame a replacement scan of `name` reads: looked up, innermost frame first, in
+    every thread (the one that called DuckDB is blocked in it); None unless exactly one is found."""
+    found = {}
+    for frame in sys._current_frames().values():
+        while frame is not None:
+            module = frame.f_globals.get("__name__", "")
+            if module.split(".")[0] in ("aiquery", "duckdb", "_duckdb"):
+                frame = frame.f_back  # our own and DuckDB's wrappers: the user's code is further out
+                continue
+            value = frame.f_locals.get(name, frame.f_globals.get(name))
+            if value is not None:
+                if _rescannable(value):
+                    found[id(value)] = value
+                break
+            frame = frame.f_back
+    return next(iter(found.values())) if len(found) == 1 else None
+
+
+def _table_names(tree: dict) -> set[str]:
+    return {n["table_name"] for n in _walk(tree) if n.get("type") == "BASE_TABLE"
+            and not n.get("schema_name") and not n.get("catalog_name")}
+
+
+def plan(statement: str, parser: duckdb.DuckDBPyConnection) -> Plan | None:
     """A query yielding every ai_query call's arguments in scan order, or None if not safe."""
     select = _select_part(statement)
     tree = json.loads(parser.execute("SELECT json_serialize_sql(?)", [select]).fetchall()[0][0])
@@ -112,6 +178,7 @@ def plan(statement: str, parser: duckdb.DuckDBPyConnection) -> str | None:
     if any(n.get("sample") for n in everything):
         return None
     node = _innermost(tree["statements"][0]["node"])
+    sources = _python_sources(node) if node.get("type") == "SELECT_NODE" else set()
     if node.get("type") != "SELECT_NODE" or any(m["type"] not in ("ORDER_MODIFIER", "DISTINCT_MODIFIER")
                                                  for m in node["modifiers"]):
         return None
@@ -125,7 +192,15 @@ def plan(statement: str, parser: duckdb.DuckDBPyConnection) -> str | None:
     columns = [dict(call, alias=f"c{i}") for i, call in enumerate(found)]
     prefetch = dict(node, select_list=columns, modifiers=[])
     tree["statements"][0]["node"] = prefetch
-    return parser.execute("SELECT json_deserialize_sql(?)", [json.dumps(tree)]).fetchall()[0][0]
+    sql = parser.execute("SELECT json_deserialize_sql(?)", [json.dumps(tree)]).fetchall()[0][0]
+    catalog = {name for (name,) in parser.execute(
+        "SELECT table_name FROM duckdb_tables() UNION SELECT view_name FROM duckdb_views()").fetchall()}
+    objects = {}
+    for name in (_table_names(prefetch) - catalog) | sources:
+        value = _python_object(name)
+        if value is not None:
+            objects[name] = value
+    return Plan(sql, objects)
 
 
 class Prefetcher(threading.Thread):
@@ -134,10 +209,10 @@ class Prefetcher(threading.Thread):
     `turn()` is Query.duckdb_turn: every use of DuckDB happens inside it. `hold` blocks while the
     look-ahead window is full and answers False once the query has ended."""
 
-    def __init__(self, sql: str, open_cursor: Callable[[], duckdb.DuckDBPyConnection],
+    def __init__(self, plan: Plan, open_cursor: Callable[[], duckdb.DuckDBPyConnection],
                  to_calls: Callable[[list[dict]], list], hold: Callable[[list], bool], turn: Callable):
         super().__init__(name="aiquery-prefetch", daemon=True)
-        self._sql, self._open_cursor, self._to_calls, self._hold, self._turn = sql, open_cursor, to_calls, hold, turn
+        self._plan, self._open_cursor, self._to_calls, self._hold, self._turn = plan, open_cursor, to_calls, hold, turn
 
     def run(self) -> None:
         cursor = reader = None
@@ -148,7 +223,9 @@ class Prefetcher(threading.Thread):
                         return  # the query ended; the connection closes its cursors itself
                     if cursor is None:
                         cursor = self._open_cursor()
-                        reader = cursor.sql(self._sql).to_arrow_reader(1024)
+                        for name, value in self._plan.objects.items():
+                            cursor.register(name, value)
+                        reader = cursor.sql(self._plan.sql).to_arrow_reader(1024)
                     batch = reader.read_next_batch()
                 rows = [row[name] for row in batch.to_pylist() for name in batch.schema.names]
                 if not self._hold(self._to_calls(rows)):

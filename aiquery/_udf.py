@@ -23,7 +23,7 @@ from . import _wire
 from ._config import Endpoint
 from ._engine import Call, Engine, Query
 from ._errors import AIQueryError, ArgumentError, OutputError, UnknownEndpointError
-from ._prefetch import Prefetcher, plan
+from ._prefetch import Plan, Prefetcher, plan
 from ._providers import Target, resolve
 from ._types import SqlType, conform, parse_output, parse_type
 
@@ -149,7 +149,7 @@ class Registration:
         self._connection = weakref.ref(connection)
         self._cursor_lock = threading.Lock()  # a DuckDB connection object is used by one thread at a time
         self._prefetch_macros = prefetch_macros
-        self._plans: dict[str, str | None] = {}
+        self._plans: dict[str, Plan | None] = {}
         self._options: dict[str, Options] = {}
         self._targets: dict[str, Target] = {}
         self._token = next(_registrations)  # tells apart equal queries of different connections
@@ -196,26 +196,30 @@ class Registration:
             cursor.execute(statement)
         return cursor
 
-    def _plan(self, statement: str) -> str | None:
-        if statement not in self._plans:
+    def _plan(self, statement: str) -> Plan | None:
+        cached = self._plans.get(statement)
+        if cached is not None and not cached.objects:
+            return cached  # objects are looked up again each time: the variable may name new data
+        try:
+            cursor = self._cursor()
             try:
-                cursor = self._cursor()
-                try:
-                    self._plans[statement] = plan(statement, cursor)
-                finally:
-                    cursor.close()
-            except duckdb.Error:
-                self._plans[statement] = None
-        return self._plans[statement]
+                result = plan(statement, cursor)
+            finally:
+                cursor.close()
+        except duckdb.Error:
+            result = None
+        if len(self._plans) < 256 and (result is None or not result.objects):
+            self._plans[statement] = result
+        return result
 
     def start_query(self, statement: str, txid: int, window: int) -> Query:
         """The engine's record of this query; starts reading ahead when the query allows it."""
         query, created = self.engine.query((self._token, txid, statement), window)
         if created and window > 0:
-            sql = self._plan(statement)
-            if sql is not None:
+            planned = self._plan(statement)
+            if planned is not None:
                 hold = lambda calls: self.engine.hold(calls, query)  # noqa: E731
-                query.prefetcher = Prefetcher(sql, self._open_prefetch_cursor, self.prefetch_calls, hold,
+                query.prefetcher = Prefetcher(planned, self._open_prefetch_cursor, self.prefetch_calls, hold,
                                               query.duckdb_turn)
                 query.prefetcher.start()
         return query

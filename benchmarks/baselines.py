@@ -13,8 +13,7 @@ import time
 import urllib.request
 
 import workloads
-
-MODEL = "bench-model"
+from workloads import MODEL
 
 
 def raw_aiohttp(base_url: str, rows: int, workers: int) -> dict:

@@ -13,7 +13,7 @@ import traceback
 from collections.abc import Callable
 from typing import Any
 
-MODEL = "bench-model"
+from workloads import MODEL
 
 
 def isolated(fn: Callable[..., dict], kwargs: dict[str, Any], *, timeout: float,
@@ -83,10 +83,11 @@ def run_aiquery(base_url: str, *, rows: int, endpoint: dict, call: str, check: s
     start = time.perf_counter()
     try:
         con.execute(f"CREATE TABLE scored AS SELECT id, {call} AS answer FROM {from_sql}")
+        seconds = time.perf_counter() - start
+        ok = con.execute(f"SELECT count(*) FILTER (WHERE {check}) FROM scored").fetchone()[0]
     except Exception as exc:  # reported, not raised: a failing target is a result too
         return {"seconds": time.perf_counter() - start, "rows": rows, "ok_rows": 0,
                 "error": f"{type(exc).__name__}: {exc}"[:500]}
-    seconds = time.perf_counter() - start
-    ok = con.execute(f"SELECT count(*) FILTER (WHERE {check}) FROM scored").fetchone()[0]
-    con.close()
+    finally:
+        con.close()
     return {"seconds": seconds, "rows": rows, "ok_rows": ok}

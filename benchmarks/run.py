@@ -20,8 +20,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import aiquery
-
 import baselines
 import report
 import servers
@@ -228,7 +226,9 @@ def profile(fn: Callable[..., dict], kwargs: dict) -> str:
                 spy.wait(30)  # py-spy writes its output once the process it watches has exited
         if not stacks.exists():
             return "profile: py-spy wrote nothing (is ptrace allowed here?)"
-        PROFILE_PATH.write_text(f"Run under the profiler: {measured(result)}\n" + summarize_stacks(stacks.read_text()))
+        about = report.machine()
+        PROFILE_PATH.write_text(f"{about['date']}, aiquery {about['aiquery']}, {kwargs['rows']:,} rows\n"
+                                f"Run under the profiler: {measured(result)}\n" + summarize_stacks(stacks.read_text()))
     return f"profile of one extra aiquery run, not counted above: {PROFILE_PATH.relative_to(HERE.parent)}"
 
 
@@ -268,10 +268,11 @@ def bench_embeddings(ctx: Context) -> Section:
                                                          "endpoint": endpoint, "call": CHAT_CALL,
                                                          "check": f"len(answer) = {EMBED_DIM}"}, timeout=300)
             stats = server.stats()
-            ideal_s = embeddings_ideal(rows, batch_size or aiquery.Endpoint().batch_size)
+            ideal_s = embeddings_ideal(rows, stats["largest_batch"])
             section.notes += outcome_notes(name, result)
             section.notes.append(f"{name}: {stats['requests']:,} requests carrying {stats['embedding_inputs']:,} "
-                                 f"inputs, server CPU {stats['cpu_seconds']:.1f} s; ideal {ideal_s:.2f} s")
+                                 f"inputs (at most {stats['largest_batch']} in one), server CPU "
+                                 f"{stats['cpu_seconds']:.1f} s; ideal {ideal_s:.2f} s")
     single, batched = rows_per_s(runs["batch_size = 1"]), rows_per_s(runs["default batch_size"])
     ratio = batched / single if single else None
     section.lines += [
@@ -282,11 +283,13 @@ def bench_embeddings(ctx: Context) -> Section:
     ]
     section.notes.append(f"server cost per request: {1000 * workloads.EMBED_BASE_S:g} ms + "
                          f"{1000 * workloads.EMBED_PER_INPUT_S:g} ms per input; vectors of {EMBED_DIM} floats; "
-                         f"the ideals assume full batches on {EMBED_CONCURRENCY} perfect slots")
+                         f"each ideal sends full batches of the largest batch seen on {EMBED_CONCURRENCY} perfect slots")
     return section
 
 
 def embeddings_ideal(rows: int, batch_size: int) -> float:
+    """The makespan of `rows` inputs sent in full batches of `batch_size` on EMBED_CONCURRENCY perfect slots."""
+    batch_size = max(1, batch_size)
     sizes = [min(batch_size, rows - start) for start in range(0, rows, batch_size)]
     costs = [workloads.EMBED_BASE_S + workloads.EMBED_PER_INPUT_S * n for n in sizes]
     return workloads.ideal_makespan(costs, EMBED_CONCURRENCY)

@@ -77,6 +77,7 @@ class TimedFakeServer(FakeServer):
             "peak_in_flight": self.peak_in_flight,
             "rows_seen": len({i for i in row_ids if i is not None}),
             "embedding_inputs": sum(len(i) if isinstance(i, list) else 1 for i in inputs),
+            "largest_batch": max((len(i) if isinstance(i, list) else 1 for i in inputs), default=0),
             "planned": self.planned,
             "lag_p50": workloads.percentile(lags, 0.50),
             "lag_p99": workloads.percentile(lags, 0.99),

@@ -13,6 +13,8 @@ import random
 import re
 from collections.abc import Callable, Iterable, Sequence
 
+MODEL = "bench-model"  # the "model" every client sends; the fake server echoes it
+
 # Benchmark 1's latency distribution: lognormal, median 0.3 s, sigma 1, clipped to 0.05-10 s.
 MEDIAN_S = 0.3
 SIGMA = 1.0
