@@ -338,6 +338,8 @@ class Engine:
                 if not query.taken[call.key]:
                     del query.taken[call.key]
                 query.window.release()
+            elif call.key in query.memo:  # a repeat of a request this query has answered
+                query.window.release()
             else:
                 fresh.append(call)
         self._start([c for c in fresh if c.key not in self._entries])
