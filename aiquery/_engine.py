@@ -18,7 +18,6 @@ import collections
 import concurrent.futures
 import contextlib
 import hashlib
-import json
 import threading
 import time
 import weakref
@@ -27,12 +26,14 @@ from dataclasses import dataclass, field
 from http import HTTPStatus
 from typing import Any
 
+import orjson
+
 from . import _wire
 from ._config import Endpoint
 from ._errors import AIQueryError, HTTPStatusError, RequestError
 from ._limits import EndpointLimits, estimate_tokens
 from ._providers import Target
-from ._retry import call_with_retries, first_wait, is_retryable_status, parse_retry_after
+from ._retry import is_retryable_status, parse_retry_after, should_retry, wait_after
 from ._transport import AiohttpTransport, Response, Transport
 
 _PARSERS: dict[str, Callable[[bytes, str], _wire.Answer]] = {
@@ -43,20 +44,17 @@ MAX_BEHIND = 100_000  # rows DuckDB may be ahead of the prefetcher before readin
 QUERY_IDLE_END = 2.0  # seconds without a UDF call after which a query counts as finished
 
 
-@dataclass(frozen=True)
 class Call:
-    """One row's request. Embedding calls carry their text in `text`; `body` holds the rest."""
+    """One row's request. Embedding calls carry their text in `text`; `body` holds the rest.
+    `key` is what identical requests share: URL, model, body and text, hashed (computed once:
+    every row's key is looked up several times)."""
 
-    endpoint: Endpoint
-    target: Target
-    body: dict[str, Any]
-    text: str | None = None
+    __slots__ = ("endpoint", "target", "body", "text", "key")
 
-    @property
-    def key(self) -> str:
-        raw = json.dumps([self.target.url, self.endpoint.model, self.body, self.text], sort_keys=True,
-                         ensure_ascii=False, separators=(",", ":"), default=str)
-        return hashlib.blake2b(raw.encode(), digest_size=16).hexdigest()
+    def __init__(self, endpoint: Endpoint, target: Target, body: dict[str, Any], text: str | None = None):
+        self.endpoint, self.target, self.body, self.text = endpoint, target, body, text
+        raw = orjson.dumps([target.url, endpoint.model, body, text], option=orjson.OPT_SORT_KEYS, default=str)
+        self.key = hashlib.blake2b(raw, digest_size=16).digest()
 
 
 @dataclass
@@ -68,11 +66,23 @@ class EndpointStats:
 
 
 @dataclass
+class _Work:
+    """One HTTP request waiting in its endpoint's queue (or being sent): the entries it answers."""
+
+    keys: dict[bytes, str | None]  # entry key -> embedding text (None for other tasks)
+    call: Call
+    attempts: int = 0
+    first_failure: float | None = None
+    worker: asyncio.Task | None = None  # the worker sending it right now
+    finished: bool = False
+
+
+@dataclass
 class _Entry:
-    """One request: its answer, the task producing it, and who still needs it."""
+    """One request's answer, the work producing it, and who still needs it."""
 
     future: asyncio.Future
-    task: asyncio.Task | None = None
+    work: _Work | None = None
     waiters: int = 0  # batches waiting on it now
     held: int = 0     # rows a prefetcher registered that no batch has taken yet
 
@@ -82,7 +92,7 @@ class Query:
     """One running query (identified by DuckDB's transaction id and text): its memo and prefetch holds."""
 
     identity: tuple
-    window: threading.Semaphore
+    window: int  # rows the prefetcher may hold that no batch has taken yet
     memo: collections.OrderedDict = field(default_factory=collections.OrderedDict)
     # Rows are matched one to one between the prefetcher and DuckDB's batches: a row the
     # prefetcher registered first is in `holds` until a batch takes it; a row a batch took first
@@ -99,6 +109,23 @@ class Query:
     udf_calls: int = 0
     prefetch_busy: bool = False
     prefetcher: threading.Thread | None = None
+    room: threading.Condition = field(default_factory=threading.Condition)
+    held_rows: int = 0  # window slots in use
+
+    def reserve(self, n: int) -> bool:
+        """Waits until `n` more rows fit in the window (all of it, if n is larger); False once stopped."""
+        with self.room:
+            while self.held_rows + n > max(self.window, n) and not self.stopped.is_set():
+                self.room.wait(0.1)
+            if self.stopped.is_set():
+                return False
+            self.held_rows += n
+            return True
+
+    def free(self, n: int = 1) -> None:
+        with self.room:
+            self.held_rows -= n
+            self.room.notify_all()
 
     @contextlib.contextmanager
     def udf_call(self):
@@ -139,11 +166,14 @@ class Query:
 
 @dataclass
 class _Runtime:
-    """What every connection using one endpoint (URL + model) shares."""
+    """What every connection using one endpoint (URL + model) shares: its limits, and the queue
+    of requests that workers (at most `limit` of them) send in the order they were started."""
 
     endpoint: Endpoint
     limits: EndpointLimits
     stats: EndpointStats = field(default_factory=EndpointStats)
+    queue: collections.deque = field(default_factory=collections.deque)
+    workers: int = 0
 
 
 class _LoopThread:
@@ -193,7 +223,7 @@ class Engine:
         self._sleep = sleep or asyncio.sleep
         self._loop_thread = _LoopThread()
         self._runtimes: dict[tuple, _Runtime] = {}
-        self._entries: dict[str, _Entry] = {}
+        self._entries: dict[bytes, _Entry] = {}
         self._queries: dict[tuple, Query] = {}
         self._seen: collections.deque = collections.deque(maxlen=4096)  # identities already read ahead
         # On close(), when the engine goes away, or at exit: stop reading ahead, close the HTTP
@@ -223,7 +253,7 @@ class Engine:
             query = self._queries.get(identity)
             if query is not None:
                 return query, False
-            query = self._queries[identity] = Query(identity, threading.Semaphore(max(window, 1)))
+            query = self._queries[identity] = Query(identity, window)
             first = identity not in self._seen
             self._seen.append(identity)
             return query, first
@@ -248,11 +278,7 @@ class Engine:
     def hold(self, calls: Sequence[Call], query: Query) -> bool:
         """Starts `calls` ahead of DuckDB and keeps their answers until a batch takes them.
         Blocks while the query's look-ahead window is full; False once the query has stopped."""
-        for _ in calls:
-            while not query.window.acquire(timeout=0.1):
-                if query.stopped.is_set():
-                    return False
-        if query.stopped.is_set():
+        if not query.reserve(len(calls)):
             return False
         self._loop().call_soon_threadsafe(self._hold, list(calls), query)
         return True
@@ -299,11 +325,15 @@ class Engine:
             for key in waiting:
                 self._entries[key].waiters += 1
             if query is not None:  # rows a prefetcher registered are now DuckDB's: free their window slots
+                taken_holds = 0
                 for key in keys:
                     if query.holds[key] > 0:
                         self._take_hold(key, query)
+                        taken_holds += 1
                     elif query.prefetcher is not None:
                         query.taken[key] += 1
+                if taken_holds:
+                    query.free(taken_holds)
                 if len(query.taken) > MAX_BEHIND:  # the prefetcher cannot keep up: it only costs memory
                     query.stopped.set()
                     query.taken.clear()
@@ -332,23 +362,23 @@ class Engine:
         fresh = []
         for call in calls:
             if query.stopped.is_set():
-                query.window.release()
-            elif query.taken[call.key] > 0:  # a batch got to this row first
+                continue
+            if query.taken[call.key] > 0:  # a batch got to this row first
                 query.taken[call.key] -= 1
                 if not query.taken[call.key]:
                     del query.taken[call.key]
-                query.window.release()
-            elif call.key in query.memo:  # a repeat of a request this query has answered
-                query.window.release()
-            else:
+            elif call.key not in query.memo:  # else a repeat of a request this query has answered
                 fresh.append(call)
+        if len(calls) > len(fresh):
+            query.free(len(calls) - len(fresh))
         self._start([c for c in fresh if c.key not in self._entries])
         for call in fresh:
             key = call.key
             self._entries[key].held += 1
             query.holds[key] += 1
 
-    def _take_hold(self, key: str, query: Query) -> None:
+    def _take_hold(self, key: bytes, query: Query) -> None:
+        """Gives up one hold of `key` (the caller frees its window slot)."""
         query.holds[key] -= 1
         if not query.holds[key]:
             del query.holds[key]
@@ -356,12 +386,12 @@ class Engine:
         if entry is not None:
             entry.held -= 1
             self._maybe_drop(key, entry)
-        query.window.release()
 
     def _drop_query(self, query: Query) -> None:
         for key, count in list(query.holds.items()):
             for _ in range(count):
                 self._take_hold(key, query)
+            query.free(count)
         with self._queries_lock:
             if self._queries.get(query.identity) is query:
                 del self._queries[query.identity]
@@ -378,50 +408,110 @@ class Engine:
                 self._drop_query(query)
 
     def _maybe_drop(self, key: str, entry: _Entry) -> None:
-        """Forgets an entry nobody needs; cancels its request if it is still running for no one."""
+        """Forgets an entry nobody needs; stops its request if it is still pending for no one."""
         if entry.waiters > 0 or entry.held > 0:
             return
         del self._entries[key]
-        task = entry.task
-        if task is not None and not task.done() and not any(e.task is task for e in self._entries.values()):
-            task.cancel()
+        work = entry.work
+        if work is not None and not work.finished and not any(k in self._entries for k in work.keys):
+            work.finished = True  # a queued request is skipped; one being sent is cancelled
+            if work.worker is not None:
+                work.worker.cancel()
 
     def _start(self, calls: list[Call]) -> None:
-        """Creates entries for `calls` and the tasks that answer them (embedding texts batched)."""
+        """Creates entries for `calls` and queues their requests (embedding texts batched)."""
         loop = asyncio.get_running_loop()
-        texts: dict[tuple, tuple[Endpoint, dict, dict[str, str]]] = {}
+        texts: dict[tuple, tuple[Call, dict[str, str]]] = {}
+        touched = {}
         for call in calls:
             key = call.key
             if key in self._entries:
                 continue
             self._entries[key] = _Entry(loop.create_future())
             if call.text is None:
-                self._entries[key].task = loop.create_task(self._job({key: None}, call))
+                touched[id(self._queue(_Work({key: None}, call)))] = call
             else:
-                group = (call.target.url, call.endpoint.model, json.dumps(call.body, sort_keys=True, default=str))
+                group = (call.target.url, call.endpoint.model, orjson.dumps(call.body, option=orjson.OPT_SORT_KEYS, default=str))
                 texts.setdefault(group, (call, {}))[1][key] = call.text
         for call, by_key in texts.values():
             items = list(by_key.items())
             for start in range(0, len(items), call.endpoint.batch_size):
-                chunk = dict(items[start:start + call.endpoint.batch_size])
-                task = loop.create_task(self._job(chunk, call))
-                for key in chunk:
-                    self._entries[key].task = task
+                touched[id(self._queue(_Work(dict(items[start:start + call.endpoint.batch_size]), call)))] = call
+        for call in {id(c.target): c for c in touched.values()}.values():
+            self._pump(self._runtime(call.endpoint, call.target))
 
-    async def _job(self, keys: dict[str, str | None], call: Call) -> None:
-        """Sends one request answering every key in `keys` (several embedding texts share `call`'s body)."""
-        endpoint = call.endpoint
+    def _queue(self, work: _Work) -> _Runtime:
+        for key in work.keys:
+            self._entries[key].work = work
+        rt = self._runtime(work.call.endpoint, work.call.target)
+        rt.queue.append(work)
+        return rt
+
+    def _pump(self, rt: _Runtime) -> None:
+        """Starts workers while there is queued work and room under the endpoint's limit."""
+        loop = asyncio.get_running_loop()
+        while rt.queue and rt.workers < int(rt.limits.concurrency.limit):
+            rt.workers += 1
+            loop.create_task(self._worker(rt))
+
+    async def _worker(self, rt: _Runtime) -> None:
         try:
+            while rt.queue and rt.workers <= int(rt.limits.concurrency.limit):
+                work = rt.queue.popleft()
+                if not work.finished:
+                    work.worker = asyncio.current_task()
+                    await self._attempt(rt, work)
+                    work.worker = None
+                    if rt.queue and rt.workers < int(rt.limits.concurrency.limit):
+                        self._pump(rt)  # the limit grew (slow start, probing): use the new room
+        except asyncio.CancelledError:
+            pass  # its request was no longer needed (or the engine is closing)
+        finally:
+            rt.workers -= 1
+            if rt.queue:
+                self._pump(rt)
+
+    async def _attempt(self, rt: _Runtime, work: _Work) -> None:
+        """Sends `work` once; answers its entries, or queues it again after a wait if that may help."""
+        call, endpoint, target = work.call, work.call.endpoint, work.call.target
+        texts = list(work.keys.values())
+        if endpoint.task == "embeddings":
+            body = _wire.embeddings_body(texts, call.body)
+        else:
+            body = call.body
+        limits = rt.limits
+        if limits.requests_per_minute or limits.tokens_per_minute:
+            await limits.admit(estimate_tokens(body))
+        rt.stats.requests += 1
+        ticket = limits.concurrency.start()
+        status = None
+        try:
+            response = await self._transport.post(target.url, target.headers, orjson.dumps(body),
+                                                  endpoint.timeout, endpoint.name)
+            status = response.status
+            if not 200 <= status < 300:
+                raise _status_error(endpoint, target, response)
             if endpoint.task == "embeddings":
-                texts = list(keys.values())
-                vectors, usage = await self._send(call, _wire.embeddings_body(texts, call.body),
-                                                  lambda p, n: _wire.parse_embeddings(p, n, len(texts)))
+                vectors, usage = _wire.parse_embeddings(response.body, endpoint.name, len(texts))
                 answers: list[Any] = [_wire.Answer(v, usage if len(texts) == 1 else {}) for v in vectors]
             else:
-                answers = [await self._send(call, call.body, _PARSERS[endpoint.task])]
+                answers = [_PARSERS[endpoint.task](response.body, endpoint.name)]
         except AIQueryError as exc:
-            answers = [exc] * len(keys)
-        for key, answer in zip(keys, answers):
+            if status == 429:
+                rt.stats.throttled += 1
+            work.attempts += 1
+            now = time.monotonic()
+            work.first_failure = work.first_failure or now
+            if should_retry(exc, work.attempts, now - work.first_failure, endpoint.max_attempts, endpoint.max_retry_time):
+                rt.stats.retries += 1
+                asyncio.get_running_loop().create_task(self._retry_later(rt, work, wait_after(exc, work.attempts)))
+                return
+            rt.stats.errors += 1
+            answers = [exc] * len(work.keys)
+        finally:
+            limits.concurrency.finish(ticket, throttled=status == 429, failed=status is None or status >= 300)
+        work.finished = True
+        for key, answer in zip(work.keys, answers):
             entry = self._entries.get(key)
             if entry is None or entry.future.done():
                 continue
@@ -431,53 +521,11 @@ class Engine:
                 entry.future.set_result(answer)
             self._maybe_drop(key, entry)
 
-    async def _send(self, call: Call, body: dict, parse: Callable[[bytes, str], Any]) -> Any:
-        endpoint, target = call.endpoint, call.target
-        rt = self._runtime(endpoint, target)
-        if target.sends_model and endpoint.model:
-            body = {"model": endpoint.model, **body}
-        payload = json.dumps(body, ensure_ascii=False).encode()
-        headers = target.headers(dict(endpoint.headers))
-        tokens = estimate_tokens(body) if rt.limits.tokens_per_minute else 0
-
-        async def attempt():
-            rt.stats.requests += 1
-            if rt.limits.requests_per_minute or rt.limits.tokens_per_minute:
-                await rt.limits.admit(tokens)
-            concurrency = rt.limits.concurrency
-            ticket = await concurrency.acquire()
-            status = None
-            try:
-                response = await self._transport.post(target.url, headers, payload, endpoint.timeout, endpoint.name)
-                status = response.status
-            finally:
-                concurrency.release(ticket, throttled=status == 429, failed=status is None or status >= 300)
-            if status == 429:
-                rt.stats.throttled += 1
-            if not 200 <= status < 300:
-                raise _status_error(endpoint, target, response)
-            return parse(response.body, endpoint.name)
-
-        try:
-            return await attempt()  # the fast path: no retry machinery until something fails
-        except RequestError as exc:
-            if not exc.retryable or endpoint.max_attempts <= 1:
-                rt.stats.errors += 1
-                raise
-            first_failure = exc
-
-        def count_retry(_exc: BaseException) -> None:
-            rt.stats.retries += 1
-
-        count_retry(first_failure)
-        await self._sleep(first_wait(first_failure))
-        try:
-            return await call_with_retries(attempt, max_attempts=endpoint.max_attempts - 1,
-                                           max_time=endpoint.max_retry_time, on_retry=count_retry,
-                                           sleep=self._sleep, attempts_done=1)
-        except RequestError:
-            rt.stats.errors += 1
-            raise
+    async def _retry_later(self, rt: _Runtime, work: _Work, wait: float) -> None:
+        await self._sleep(wait)
+        if not work.finished:
+            rt.queue.appendleft(work)  # a retry goes before rows that have not been tried yet
+            self._pump(rt)
 
 
 def _shutdown(queries: dict[tuple, Query], loop_thread: _LoopThread, transport: Transport) -> None:

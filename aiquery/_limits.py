@@ -14,8 +14,6 @@ One EndpointLimits is shared by every query and connection that uses the same en
 
 from __future__ import annotations
 
-import asyncio
-import collections
 import itertools
 from dataclasses import dataclass
 
@@ -43,7 +41,6 @@ class AdaptiveLimit:
         self.epoch = 0  # bumped by each decrease; a 429 from an older epoch does not decrease again
         self._sent = itertools.count()
         self._out: set[int] = set()  # seqs of the requests in flight
-        self._waiters: collections.deque[asyncio.Future] = collections.deque()
 
     @property
     def in_flight(self) -> int:
@@ -52,25 +49,15 @@ class AdaptiveLimit:
     def set_ceiling(self, ceiling: int) -> None:
         self.ceiling = ceiling
         self.limit = min(self.limit, float(ceiling))
-        self._wake()
 
-    async def acquire(self) -> Ticket:
-        """Waits for a slot."""
-        while self.in_flight >= int(self.limit):
-            waiter = asyncio.get_running_loop().create_future()
-            self._waiters.append(waiter)
-            try:
-                await waiter
-            except asyncio.CancelledError:
-                if waiter.done() and not waiter.cancelled():
-                    self._wake()  # pass the slot we were given on to the next waiter
-                raise
+    def start(self) -> Ticket:
+        """Records a request sent (the caller keeps in_flight under `limit`)."""
         ticket = Ticket(next(self._sent), self.epoch)
         self._out.add(ticket.seq)
         return ticket
 
-    def release(self, ticket: Ticket, throttled: bool, failed: bool) -> None:
-        """Frees a slot. A 429 lowers the limit, a success raises it, other failures leave it."""
+    def finish(self, ticket: Ticket, throttled: bool, failed: bool) -> None:
+        """A 429 lowers the limit, a success raises it, other failures leave it."""
         self._out.discard(ticket.seq)
         if throttled:
             if ticket.epoch == self.epoch:
@@ -81,15 +68,6 @@ class AdaptiveLimit:
         elif not failed:
             step = 1 if self.slow_start else PROBE / self.limit
             self.limit = min(float(self.ceiling), self.limit + step)
-        self._wake()
-
-    def _wake(self) -> None:
-        free = int(self.limit) - self.in_flight
-        while free > 0 and self._waiters:
-            waiter = self._waiters.popleft()
-            if not waiter.done():
-                waiter.set_result(None)
-                free -= 1
 
 
 @dataclass

@@ -28,20 +28,17 @@ class Target:
     url: str
     sends_model: bool
     key_source: str | None
-    _key: str | None  # never printed: repr is overridden below
+    headers: dict[str, str]  # sent with every request; holds the key, so never printed (see __repr__)
 
     def __repr__(self) -> str:
         return f"Target(url={self.url!r}, key_source={self.key_source!r})"
 
-    @property
-    def host(self) -> str:
-        return urlsplit(self.url).hostname or ""
 
-    def headers(self, extra: dict[str, str]) -> dict[str, str]:
-        headers = {"Content-Type": "application/json", "Accept": "application/json", **extra}
-        if self._key:
-            headers["Authorization"] = f"Bearer {self._key}"
-        return headers
+def _headers(endpoint: Endpoint, key: str | None) -> dict[str, str]:
+    headers = {"Content-Type": "application/json", "Accept": "application/json", **endpoint.headers}
+    if key:
+        headers["Authorization"] = f"Bearer {key}"
+    return headers
 
 
 def resolve(endpoint: Endpoint) -> Target:
@@ -77,7 +74,7 @@ def _openai(endpoint: Endpoint) -> Target:
                           f"(api_key_env names the variable that holds the key)")
     if source and key is None:
         source = None  # default variable absent: send no key, and say so if the server answers 401
-    return Target(base + _OPENAI_PATHS[endpoint.task], True, source, key)
+    return Target(base + _OPENAI_PATHS[endpoint.task], True, source, _headers(endpoint, key))
 
 
 def _databricks_profile(endpoint: Endpoint) -> tuple[dict[str, str], str]:
@@ -116,4 +113,4 @@ def _databricks(endpoint: Endpoint) -> Target:
                           f"or add token to {profile_source or '~/.databrickscfg'}")
     serving_name = quote(endpoint.model or endpoint.name, safe="")
     url = f"{_check_url(endpoint, host, 'host')}/serving-endpoints/{serving_name}/invocations"
-    return Target(url, False, key_source, key)
+    return Target(url, False, key_source, _headers(endpoint, key))

@@ -3,18 +3,16 @@
 Retried: 408, 409, 429, 5xx, timeouts and connection errors (RequestError.retryable), nothing else.
 The wait honours the server's Retry-After (retry-after-ms, seconds, or an HTTP date), capped at
 MAX_RETRY_AFTER; otherwise capped exponential backoff with full jitter. Bounded by attempts AND by
-total time. The loop itself is tenacity's; `sleep` is injectable so tests never really wait.
+total time. The engine queues a failed request again after the wait (its sleep is injectable, so
+tests never really wait); these functions decide.
 """
 
 from __future__ import annotations
 
-import asyncio
 import email.utils
 import random
 import time
-from collections.abc import Awaitable, Callable, Mapping
-
-import tenacity
+from collections.abc import Callable, Mapping
 
 from ._errors import RequestError
 
@@ -61,26 +59,8 @@ def wait_after(exc: BaseException | None, attempt: int) -> float:
     return backoff(attempt)
 
 
-def first_wait(exc: BaseException) -> float:
-    return wait_after(exc, 1)
-
-
-def _should_retry(exc: BaseException) -> bool:
-    return isinstance(exc, RequestError) and exc.retryable
-
-
-async def call_with_retries(attempt: Callable[[], Awaitable], *, max_attempts: int, max_time: float,
-                            on_retry: Callable[[BaseException], None] | None = None,
-                            sleep: Callable[[float], Awaitable] = asyncio.sleep, attempts_done: int = 0):
-    """Await `attempt()` until it succeeds, fails for good, or attempts / time run out (last error raised).
-    `attempts_done` counts tries already made elsewhere, so backoff goes on growing from there."""
-    retrying = tenacity.AsyncRetrying(
-        stop=tenacity.stop_after_attempt(max_attempts) | tenacity.stop_after_delay(max_time),
-        wait=lambda state: wait_after(state.outcome.exception() if state.outcome else None,
-                                      state.attempt_number + attempts_done),
-        retry=tenacity.retry_if_exception(_should_retry),
-        before_sleep=(lambda state: on_retry(state.outcome.exception())) if on_retry else None,
-        sleep=sleep,
-        reraise=True,
-    )
-    return await retrying(attempt)
+def should_retry(exc: BaseException, attempts: int, elapsed: float, max_attempts: int, max_time: float) -> bool:
+    """Whether a request that failed with `exc` after `attempts` tries, the first failure
+    `elapsed` seconds ago, is tried again."""
+    return (isinstance(exc, RequestError) and exc.retryable and attempts < max_attempts
+            and elapsed + wait_after(exc, attempts) <= max_time)

@@ -10,6 +10,7 @@ nowhere else. Redirects are never followed: a key is sent only to the URL it was
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -22,7 +23,7 @@ from ._errors import TransportError
 @dataclass(frozen=True)
 class Response:
     status: int
-    headers: dict[str, str]  # lower-cased names
+    headers: Mapping[str, str]  # case-insensitive (aiohttp's and httpx's own header mappings)
     body: bytes
 
 
@@ -49,6 +50,7 @@ class AiohttpTransport:
 
     def __init__(self) -> None:
         self._session: aiohttp.ClientSession | None = None
+        self._timeouts: dict[float, aiohttp.ClientTimeout] = {}
 
     def _get_session(self) -> aiohttp.ClientSession:
         if self._session is None:
@@ -61,11 +63,14 @@ class AiohttpTransport:
     async def post(self, url: str, headers: dict[str, str], body: bytes, timeout: float,
                    endpoint: str) -> Response:
         session = self._get_session()
+        client_timeout = self._timeouts.get(timeout)
+        if client_timeout is None:
+            client_timeout = self._timeouts[timeout] = aiohttp.ClientTimeout(total=timeout)
         try:
             async with session.post(url, data=body, headers=headers, allow_redirects=False,
-                                    timeout=aiohttp.ClientTimeout(total=timeout)) as resp:
+                                    timeout=client_timeout) as resp:
                 payload = await resp.read()
-                return Response(resp.status, {k.lower(): v for k, v in resp.headers.items()}, payload)
+                return Response(resp.status, resp.headers, payload)
         except asyncio.TimeoutError:
             raise _timed_out(endpoint, url, timeout) from None
         except aiohttp.ClientError as exc:
@@ -94,7 +99,7 @@ class HttpxTransport:
             raise _timed_out(endpoint, url, timeout) from None
         except httpx.HTTPError as exc:
             raise _unreachable(endpoint, url, "request failed to", exc) from exc
-        return Response(resp.status_code, {k.lower(): v for k, v in resp.headers.items()}, resp.content)
+        return Response(resp.status_code, resp.headers, resp.content)
 
     async def aclose(self) -> None:
         if self._client is not None:

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import duckdb
+import orjson
 import pyarrow as pa
 
 from . import _wire
@@ -28,6 +29,7 @@ from ._providers import Target, resolve
 from ._types import SqlType, conform, parse_output, parse_type
 
 _FORMAT_TYPES = ("text", "json_object", "json_schema")
+MAX_PREBUILT = 100_000
 
 
 @dataclass(frozen=True)
@@ -96,13 +98,12 @@ def _lookup(endpoints: dict[str, Endpoint], name: Any) -> Endpoint:
     return endpoint
 
 
-def _call(endpoint: Endpoint, target: Target, request: Any, options: Options, image: bytes | None) -> Call:
-    where = f"endpoint {endpoint.name!r} ({endpoint.task})"
-    if options.response_format is not None and endpoint.task != "chat":
-        raise ArgumentError(f"responseFormat applies to chat endpoints only; {where}")
-    if image is not None and endpoint.task != "chat":
-        raise ArgumentError(f"files applies to chat (vision) endpoints only; {where}")
-    params = {**endpoint.model_parameters, **options.params}
+def _call(endpoint: Endpoint, target: Target, request: Any, options: Options, params: dict,
+          image: bytes | None) -> Call:
+    if endpoint.task != "chat" and (options.response_format is not None or image is not None):
+        argument = "responseFormat" if options.response_format is not None else "files"
+        raise ArgumentError(f"{argument} applies to chat endpoints only; endpoint {endpoint.name!r} "
+                            f"is a {endpoint.task} endpoint")
     if endpoint.task == "chat":
         body = _wire.chat_body(request, params, options.response_format, [image] if image else [])
     elif endpoint.task == "completions":
@@ -111,7 +112,8 @@ def _call(endpoint: Endpoint, target: Target, request: Any, options: Options, im
         body = _wire.custom_body(request, params)
     else:
         if not isinstance(request, str):
-            raise ArgumentError(f"request for {where} must be a string to embed, got {type(request).__name__}")
+            raise ArgumentError(f"request for endpoint {endpoint.name!r} (embeddings) must be a string to embed, "
+                            f"got {type(request).__name__}")
         return Call(endpoint, target, params, text=request)
     return Call(endpoint, target, body)
 
@@ -152,35 +154,57 @@ class Registration:
         self._plans: dict[str, Plan | None] = {}
         self._options: dict[str, Options] = {}
         self._targets: dict[str, Target] = {}
+        self._params: dict[tuple[str, str], dict] = {}  # endpoint defaults merged with modelParameters
+        # Calls the prefetcher built, by the row's raw arguments, so DuckDB's batch need not build
+        # them again. An entry is the same call whichever query asks; the bound only caps memory.
+        self._prebuilt: dict[tuple, Call] = {}
         self._token = next(_registrations)  # tells apart equal queries of different connections
 
     def options(self, text: str) -> Options:
         opts = self._options.get(text)
         if opts is None:
             opts = read_options(text)
-            if len(self._options) < 1024:
-                self._options[text] = opts
+            if len(self._options) >= 1024:  # per-row options (a column of modelParameters): keep it bounded
+                self._options.clear()
+                self._params.clear()
+            self._options[text] = opts
         return opts
 
     def build(self, name: Any, request: str, options: str, image: bytes | None) -> tuple[Endpoint, Options, Call]:
         """The call for one row (request and options as the JSON texts the macros produce)."""
         opts = self.options(options)
-        endpoint = _lookup(self.endpoints, name)
-        target = self._targets.get(endpoint.name)
+        endpoint = self.endpoints.get(name) or _lookup(self.endpoints, name)
+        target = self._targets.get(name)
         if target is None:  # read when first used, so a key exported after connect() is found
-            target = self._targets[endpoint.name] = resolve(endpoint)
-        return endpoint, opts, _call(endpoint, target, json.loads(request), opts, image)
+            target = self._targets[name] = resolve(endpoint)
+        params = self._params.get((name, options))
+        if params is None:  # what every body of this endpoint and these options carries
+            model = {"model": endpoint.model} if target.sends_model and endpoint.model else {}
+            params = self._params[(name, options)] = {**model, **endpoint.model_parameters, **opts.params}
+        return endpoint, opts, _call(endpoint, target, orjson.loads(request), opts, params, image)
 
-    def prefetch_calls(self, rows: list[dict]) -> list[Call]:
-        """Calls for rows of a prefetch plan; rows that would fail are left for the real query."""
+    def prebuilt(self, name: Any, request: str, options: str, image: bytes | None) -> tuple[Endpoint, Options, Call]:
+        """build(), taking the call the prefetcher made for these arguments when there is one."""
+        call = self._prebuilt.pop((name, request, options, image), None)
+        if call is None:
+            return self.build(name, request, options, image)
+        return call.endpoint, self.options(options), call
+
+    def prefetch_calls(self, rows: list[tuple | None]) -> list[Call]:
+        """Calls for rows of a prefetch plan, each (endpoint, request, options, files) as the
+        macros produce them; rows that would fail are left for the real query."""
         calls = []
-        for row in rows:
-            if row is None or row["request"] is None:
+        if len(self._prebuilt) > MAX_PREBUILT:
+            self._prebuilt.clear()
+        for raw in rows:
+            if raw is None or raw[1] is None:
                 continue
             try:
-                calls.append(self.build(row["endpoint"], row["request"], row["options"], row["files"])[2])
+                call = self.build(*raw)[2]
             except AIQueryError:
                 continue
+            self._prebuilt[raw] = call
+            calls.append(call)
         return calls
 
     def _cursor(self) -> duckdb.DuckDBPyConnection:
@@ -243,7 +267,7 @@ def make_udf(registration: Registration):
             if raw_requests[i] is None:
                 continue  # NULL request: NULL answer, nothing sent
             try:
-                endpoint, opts, call = registration.build(names[i], raw_requests[i], raw_options[i], images[i])
+                endpoint, opts, call = registration.prebuilt(names[i], raw_requests[i], raw_options[i], images[i])
             except ArgumentError as exc:  # an argument of this row; settings problems fail the query
                 opts = registration.options(raw_options[i])
                 if opts.fail_on_error or isinstance(exc, UnknownEndpointError):
@@ -268,8 +292,8 @@ def make_udf(registration: Registration):
                     except AIQueryError as exc:
                         answer = exc
                     else:
-                        out[i] = json.dumps(value if opts.fail_on_error else {"response": value, "errorMessage": None},
-                                            ensure_ascii=False)
+                        out[i] = orjson.dumps(value if opts.fail_on_error
+                                              else {"response": value, "errorMessage": None}).decode()
                         continue
                 if opts.fail_on_error:
                     raise answer

@@ -16,6 +16,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
+
 from ._errors import ArgumentError, ResponseError
 
 # Parameter types the OpenAI API documents; others pass through untouched (provider extras).
@@ -122,8 +124,8 @@ def _load(payload: bytes, endpoint: str) -> Any:
         raise ResponseError(f"endpoint {endpoint!r} answered 200 with an empty body", endpoint=endpoint,
                             status=200, retryable=True)
     try:
-        return json.loads(payload)
-    except ValueError:
+        return orjson.loads(payload)
+    except orjson.JSONDecodeError:
         raise ResponseError(f"endpoint {endpoint!r} answered 200 with a body that is not JSON: "
                             f"{_excerpt(payload)}", endpoint=endpoint, status=200, retryable=True) from None
 

@@ -40,6 +40,7 @@ ROWS_LATENCY = {"kind": "rows", "seed": workloads.SEED}
 SOURCES = {"table": "native table", "parquet": "Parquet file", "pandas": "pandas DataFrame"}
 
 TARGET_EFFICIENCY = 0.90
+CEILING_TRIALS = 3
 TARGET_CEILING = 0.80
 TARGET_BATCHING = 10.0
 TARGET_ADAPTIVE = 0.85
@@ -183,24 +184,31 @@ def bench_ceiling(ctx: Context) -> Section:
     rows = ctx.sizes.ceiling_rows
     section = Section(f"2. Client ceiling: {rows:,} rows, nginx with no latency, C = {SLOTS}")
     aiquery_kwargs = dict(AIQUERY_CHAT, check="answer = 'ok'")
-    runs = {}
+    trials: dict[str, list[dict]] = {"raw aiohttp": [], "aiquery": []}
     with servers.Nginx(workers=1) as nginx:
-        for name, fn, kwargs in (("raw aiohttp", baselines.raw_aiohttp, {"workers": SLOTS}),
-                                 ("aiquery", run_aiquery, aiquery_kwargs)):
-            served, cpu = nginx.requests_served(), nginx.cpu_seconds()
-            result = runs[name] = isolated(fn, dict(kwargs, base_url=nginx.openai_base, rows=rows), timeout=300)
-            served, cpu = nginx.requests_served() - served, nginx.cpu_seconds() - cpu
-            section.notes += outcome_notes(name, result)
-            section.notes.append(f"{name}: nginx served {served:,} requests for {rows:,} rows, "
-                                 f"nginx CPU {cpu:.1f} s over the {result.get('seconds', 0):.1f} s run")
+        # The two clients alternate, CEILING_TRIALS times each, and the medians are compared: on a
+        # shared 2-core machine one run of either moves by +-15%.
+        for _ in range(CEILING_TRIALS):
+            for name, fn, kwargs in (("raw aiohttp", baselines.raw_aiohttp, {"workers": SLOTS}),
+                                     ("aiquery", run_aiquery, aiquery_kwargs)):
+                served, cpu = nginx.requests_served(), nginx.cpu_seconds()
+                result = isolated(fn, dict(kwargs, base_url=nginx.openai_base, rows=rows), timeout=300)
+                trials[name].append(result)
+                served, cpu = nginx.requests_served() - served, nginx.cpu_seconds() - cpu
+                section.notes += outcome_notes(name, result)
+                section.notes.append(f"{name}: {rows_per_s(result):,.0f} rows/s; nginx served {served:,} requests "
+                                     f"for {rows:,} rows, nginx CPU {cpu:.1f} s over the {result.get('seconds', 0):.1f} s run")
         if ctx.profile:
             section.notes.append(profile(run_aiquery, dict(aiquery_kwargs, base_url=nginx.openai_base, rows=rows)))
+    runs = {name: sorted(results, key=rows_per_s)[len(results) // 2] for name, results in trials.items()}
     raw, ours = rows_per_s(runs["raw aiohttp"]), rows_per_s(runs["aiquery"])
     ratio = ours / raw if raw else None
     section.lines += [
-        Line(f"raw aiohttp loop, {SLOTS} workers", measured(runs["raw aiohttp"], "req/s"), "-", None),
-        Line("aiquery SQL, native table", measured(runs["aiquery"]), f"{raw:,.0f} req/s (raw aiohttp)", ratio,
-             f">= {TARGET_CEILING:.2f}", ratio is not None and ratio >= TARGET_CEILING and all_correct(runs["aiquery"])),
+        Line(f"raw aiohttp loop, {SLOTS} workers (median of {CEILING_TRIALS})", measured(runs["raw aiohttp"], "req/s"),
+             "-", None),
+        Line(f"aiquery SQL, native table (median of {CEILING_TRIALS})", measured(runs["aiquery"]),
+             f"{raw:,.0f} req/s (raw aiohttp)", ratio, f">= {TARGET_CEILING:.2f}",
+             ratio is not None and ratio >= TARGET_CEILING and all(all_correct(r) for r in trials["aiquery"])),
     ]
     return section
 

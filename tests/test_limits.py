@@ -10,16 +10,16 @@ from aiquery._limits import PROBE, SLOW_START, AdaptiveLimit, EndpointLimits, es
 from fakeserver import FakeServer
 
 
-async def _fill(limit: AdaptiveLimit, n: int) -> list:
-    return [await limit.acquire() for _ in range(n)]
+def _fill(limit: AdaptiveLimit, n: int) -> list:
+    return [limit.start() for _ in range(n)]
 
 
 def test_slow_start_grows_by_one_per_success_up_to_the_ceiling():
     limit = AdaptiveLimit(ceiling=200)
     assert limit.limit == SLOW_START
-    epochs = asyncio.run(_fill(limit, SLOW_START))
+    epochs = _fill(limit, SLOW_START)
     for epoch in epochs:
-        limit.release(epoch, throttled=False, failed=False)
+        limit.finish(epoch, throttled=False, failed=False)
     assert limit.limit == 2 * SLOW_START
     small = AdaptiveLimit(ceiling=8)
     assert small.limit == 8 and not small.slow_start
@@ -27,19 +27,19 @@ def test_slow_start_grows_by_one_per_success_up_to_the_ceiling():
 
 def test_a_429_sets_the_limit_to_what_the_server_accepted_once_per_round():
     limit = AdaptiveLimit(ceiling=256)
-    tickets = asyncio.run(_fill(limit, 60))
-    limit.release(tickets[20], throttled=True, failed=True)  # 20 sent before it are still out
+    tickets = _fill(limit, 60)
+    limit.finish(tickets[20], throttled=True, failed=True)  # 20 sent before it are still out
     assert limit.limit == 20 and not limit.slow_start
-    limit.release(tickets[21], throttled=True, failed=True)  # same round: no second cut
+    limit.finish(tickets[21], throttled=True, failed=True)  # same round: no second cut
     assert limit.limit == 20
-    limit.release(tickets[0], throttled=False, failed=False)  # then a slow additive increase
+    limit.finish(tickets[0], throttled=False, failed=False)  # then a slow additive increase
     assert limit.limit == pytest.approx(20 + PROBE / 20)
 
 
 def test_other_failures_leave_the_limit_alone():
     limit = AdaptiveLimit(ceiling=16)
-    epoch = asyncio.run(_fill(limit, 1))[0]
-    limit.release(epoch, throttled=False, failed=True)
+    epoch = _fill(limit, 1)[0]
+    limit.finish(epoch, throttled=False, failed=True)
     assert limit.limit == 16 and limit.in_flight == 0
 
 
