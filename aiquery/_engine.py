@@ -198,6 +198,7 @@ class _LoopThread:
             loop, thread, self._loop, self._thread = self._loop, self._thread, None, None
         if loop is None or not loop.is_running():
             return
+
         async def shutdown():
             for task in asyncio.all_tasks():
                 if task is not asyncio.current_task():

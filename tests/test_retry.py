@@ -45,21 +45,31 @@ def _engine_connection(endpoints, sleeps, **chat):
     async def fake_sleep(seconds):
         sleeps.append(seconds)
 
-    return aiquery.connect(endpoints={"chat": {**endpoints["chat"], **chat}}, engine=Engine(sleep=fake_sleep))
+    engine = Engine(sleep=fake_sleep)
+    return aiquery.connect(endpoints={"chat": {**endpoints["chat"], **chat}}, engine=engine), engine
 
 
 def test_transient_errors_are_retried_to_the_right_answer(endpoints, server):
     sleeps = []
-    con = _engine_connection(endpoints, sleeps)
+    con, engine = _engine_connection(endpoints, sleeps)
     result = con.sql("SELECT ai_query('chat', 'hi [[status=503 times=2 retry_after=4]]')").fetchall()[0]
     assert result == ("echo: hi [[status=503 times=2 retry_after=4]]",)
     assert [r.status for r in server.requests] == [503, 503, 200]
     assert sleeps == [4.0, 4.0]  # the server's Retry-After, honoured without really sleeping
+    stats = engine.stats()["chat"]
+    assert (stats.requests, stats.retries, stats.errors) == (3, 2, 0)
+
+
+def test_a_429_is_retried_and_counted_as_throttling(endpoints, server):
+    sleeps = []
+    con, engine = _engine_connection(endpoints, sleeps)
+    assert con.sql("SELECT ai_query('chat', 'x [[status=429 times=1 retry_after_ms=250]]')").fetchall()[0][0].startswith("echo")
+    assert sleeps == [0.25] and engine.stats()["chat"].throttled == 1
 
 
 def test_retries_stop_after_max_attempts(endpoints, server):
     sleeps = []
-    con = _engine_connection(endpoints, sleeps, max_attempts=3)
+    con, engine = _engine_connection(endpoints, sleeps, max_attempts=3)
     result = con.sql("SELECT ai_query('chat', 'x [[status=500]]', failOnError => false)").fetchall()[0][0]
     assert "HTTP 500" in result["errorMessage"]
     assert len(server.requests) == 3 and len(sleeps) == 2
@@ -67,6 +77,6 @@ def test_retries_stop_after_max_attempts(endpoints, server):
 
 def test_client_errors_are_not_retried(endpoints, server):
     sleeps = []
-    con = _engine_connection(endpoints, sleeps)
+    con, engine = _engine_connection(endpoints, sleeps)
     con.sql("SELECT ai_query('chat', 'x [[status=400]]', failOnError => false)").fetchall()
-    assert len(server.requests) == 1 and sleeps == []
+    assert len(server.requests) == 1 and sleeps == [] and engine.stats()["chat"].errors == 1

@@ -67,3 +67,20 @@ def test_embeddings_are_put_back_in_input_order():
 ])
 def test_provider_error_messages_are_extracted(payload, text):
     assert _wire.error_text(payload) == text
+
+
+@pytest.mark.parametrize("data, mime", [
+    (b"\xff\xd8\xff\xdb" + b"\x00" * 8, "image/jpeg"),
+    (b"\x89PNG\r\n\x1a\n" + b"\x00" * 8, "image/png"),
+    (b"GIF89a" + b"\x00" * 8, "image/gif"),
+    (b"GIF87a" + b"\x00" * 8, "image/gif"),
+    (b"RIFF\x10\x00\x00\x00WEBPVP8 " + b"\x00" * 8, "image/webp"),
+])
+def test_image_files_become_data_urls_of_their_type(data, mime):
+    part = _wire.image_part(data)
+    assert part["type"] == "image_url" and part["image_url"]["url"].startswith(f"data:{mime};base64,")
+
+
+def test_other_files_are_refused():
+    with pytest.raises(aiquery.ArgumentError, match="not a JPEG, PNG, GIF or WebP image"):
+        _wire.image_part(b"BM6\x00\x00\x00 a bitmap")
