@@ -46,15 +46,19 @@ QUERY_IDLE_END = 2.0  # seconds without a UDF call after which a query counts as
 
 class Call:
     """One row's request. Embedding calls carry their text in `text`; `body` holds the rest.
-    `key` is what identical requests share: URL, model, body and text, hashed (computed once:
-    every row's key is looked up several times)."""
+    `payload` is the body as sent (encoded here, on DuckDB's or the prefetcher's thread, not on
+    the engine's busy loop); `key` is what identical requests share: URL, payload and text, hashed."""
 
-    __slots__ = ("endpoint", "target", "body", "text", "key")
+    __slots__ = ("endpoint", "target", "body", "text", "payload", "key")
 
     def __init__(self, endpoint: Endpoint, target: Target, body: dict[str, Any], text: str | None = None):
         self.endpoint, self.target, self.body, self.text = endpoint, target, body, text
-        raw = orjson.dumps([target.url, endpoint.model, body, text], option=orjson.OPT_SORT_KEYS, default=str)
-        self.key = hashlib.blake2b(raw, digest_size=16).digest()
+        self.payload = orjson.dumps(body, option=orjson.OPT_SORT_KEYS)
+        digest = hashlib.blake2b(target.url.encode(), digest_size=16)
+        digest.update(self.payload)
+        if text is not None:
+            digest.update(b"\0" + text.encode())
+        self.key = digest.digest()
 
 
 @dataclass
@@ -432,7 +436,7 @@ class Engine:
             if call.text is None:
                 touched[id(self._queue(_Work({key: None}, call)))] = call
             else:
-                group = (call.target.url, call.endpoint.model, orjson.dumps(call.body, option=orjson.OPT_SORT_KEYS, default=str))
+                group = (call.target.url, call.payload)
                 texts.setdefault(group, (call, {}))[1][key] = call.text
         for call, by_key in texts.values():
             items = list(by_key.items())
@@ -477,17 +481,17 @@ class Engine:
         call, endpoint, target = work.call, work.call.endpoint, work.call.target
         texts = list(work.keys.values())
         if endpoint.task == "embeddings":
-            body = _wire.embeddings_body(texts, call.body)
+            payload = orjson.dumps(_wire.embeddings_body(texts, call.body))
         else:
-            body = call.body
+            payload = call.payload
         limits = rt.limits
         if limits.requests_per_minute or limits.tokens_per_minute:
-            await limits.admit(estimate_tokens(body))
+            await limits.admit(estimate_tokens(orjson.loads(payload)))
         rt.stats.requests += 1
         ticket = limits.concurrency.start()
         status = None
         try:
-            response = await self._transport.post(target.url, target.headers, orjson.dumps(body),
+            response = await self._transport.post(target.url, target.headers, payload,
                                                   endpoint.timeout, endpoint.name)
             status = response.status
             if not 200 <= status < 300:

@@ -42,6 +42,11 @@ class Options:
     output_type: SqlType | None             # what the answer is converted to (returnType or DDL responseFormat)
     expects_json: bool                      # json_object / json_schema: the answer must parse as JSON
 
+    @property
+    def plain(self) -> bool:
+        """The answer goes into the column as it is (no conversion, no check)."""
+        return self.output_type is None and not self.expects_json
+
 
 def read_options(text: str) -> Options:
     raw = json.loads(text)
@@ -286,6 +291,9 @@ def make_udf(registration: Registration):
             for (i, endpoint, opts), answer in zip(rows, answers):
                 if answer is None:
                     continue  # not finished: an earlier row failed and stopped the batch
+                if type(answer) is _wire.Answer and opts.plain and opts.fail_on_error and endpoint.task != "custom":
+                    out[i] = orjson.dumps(answer.value).decode()  # the common case, kept short
+                    continue
                 if not isinstance(answer, AIQueryError):
                     try:
                         value = _value(endpoint, answer, opts)
