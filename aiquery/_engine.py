@@ -5,7 +5,7 @@ loop (a daemon thread it owns: no asyncio.run, so notebooks with a running loop 
 blocks until every row has an answer or an error. One engine serves the whole process by default
 (`Engine.shared()`), so an endpoint's limits hold across every connection and query.
 
-Requests are entries keyed by URL, model and body. A batch waits on entries; a prefetcher
+Requests are entries keyed by URL and body. A batch waits on entries; a prefetcher
 (aiquery/_prefetch.py) can *hold* entries for rows DuckDB has not handed over yet, which keeps the
 endpoint busy between batches. Identical requests share one entry while in flight, and a query
 remembers its answers (bounded) so a repeat later in the same query is not sent again.
@@ -161,7 +161,7 @@ class Query:
                 self.prefetch_busy = False
                 self.gate.notify_all()
 
-    def remember(self, key: str, outcome: Any) -> None:
+    def remember(self, key: bytes, outcome: Any) -> None:
         self.memo[key] = outcome
         self.memo.move_to_end(key)
         if len(self.memo) > MEMO_SIZE:
@@ -318,7 +318,7 @@ class Engine:
         if query is not None:
             query.active += 1
         outcomes: list[Any] = [None] * len(calls)
-        waiting: dict[str, list[int]] = {}
+        waiting: dict[bytes, list[int]] = {}
         try:
             keys = [call.key for call in calls]
             for i, key in enumerate(keys):
@@ -412,7 +412,7 @@ class Engine:
                 query.stopped.set()
                 self._drop_query(query)
 
-    def _maybe_drop(self, key: str, entry: _Entry) -> None:
+    def _maybe_drop(self, key: bytes, entry: _Entry) -> None:
         """Forgets an entry nobody needs; stops its request if it is still pending for no one."""
         if entry.waiters > 0 or entry.held > 0:
             return
