@@ -18,6 +18,7 @@ import collections
 import concurrent.futures
 import contextlib
 import hashlib
+import os
 import threading
 import time
 import weakref
@@ -34,6 +35,7 @@ from ._errors import AIQueryError, HTTPStatusError, RequestError
 from ._limits import EndpointLimits, estimate_tokens
 from ._providers import Target
 from ._retry import is_retryable_status, parse_retry_after, should_retry, wait_after
+from ._http_process import ProcessTransport
 from ._transport import AiohttpTransport, Response, Transport
 
 _PARSERS: dict[str, Callable[[bytes, str], _wire.Answer]] = {
@@ -224,7 +226,7 @@ class Engine:
     _shared_lock = threading.Lock()
 
     def __init__(self, transport: Transport | None = None, sleep: Callable[[float], Any] | None = None):
-        self._transport = transport or AiohttpTransport()
+        self._transport = transport or (ProcessTransport() if os.name == "posix" else AiohttpTransport())
         self._sleep = sleep or asyncio.sleep
         self._loop_thread = _LoopThread()
         self._runtimes: dict[tuple, _Runtime] = {}
