@@ -51,3 +51,13 @@ def test_limit_sends_only_what_it_keeps(con, server):
     con.sql("CREATE TABLE t AS SELECT 'p' || i AS p FROM range(100) r(i)")
     assert len(con.sql("SELECT ai_query('chat', p) FROM t LIMIT 3").fetchall()) == 3
     assert len(server.requests) == 3
+
+
+def test_works_when_called_from_inside_a_running_event_loop(con, server):
+    import asyncio
+
+    async def notebook_cell():  # Jupyter runs cells while its own event loop is running
+        return con.sql("SELECT ai_query('chat', 'p' || i) FROM range(300) t(i)").fetchall()
+
+    result = asyncio.run(notebook_cell())
+    assert sorted(r[0] for r in result) == sorted(f"echo: p{i}" for i in range(300))
