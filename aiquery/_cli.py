@@ -1,0 +1,103 @@
+"""The `aiquery` command: run SQL with every aiquery function registered, list endpoints.
+
+    aiquery run quickstart.sql                  # every statement; the last result printed as a table
+    aiquery run -e "SELECT ai_query('chat', 'hi')" --db data.duckdb
+    aiquery run job.sql --output scored.parquet  # or .csv / .json: the last result written there
+    aiquery endpoints                            # name, task, provider, model, URL, where settings came from
+
+Each statement runs once: a result is kept in a temporary table and printed or written from
+there (DuckDB re-runs a relation every time it is shown or fetched, and a model would be paid again).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import duckdb
+
+from ._config import OPENAI_BASE_URL, load_endpoints
+from ._errors import AIQueryError
+from ._registration import connect
+
+RESULT_TABLE = "__aiquery_result"
+_FORMATS = {".csv": "csv", ".parquet": "parquet", ".json": "json", ".jsonl": "json", ".ndjson": "json"}
+
+
+def _sql_string(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
+
+
+def _run(args: argparse.Namespace) -> int:
+    if (args.file is None) == (args.execute is None):
+        raise SystemExit("aiquery run: give a SQL file or -e 'SQL' (one of them)")
+    sql = args.execute if args.execute is not None else Path(args.file).read_text()
+    output_format = None
+    if args.output:
+        output_format = _FORMATS.get(Path(args.output).suffix.lower())
+        if output_format is None:
+            raise SystemExit(f"aiquery run: --output must end in {', '.join(_FORMATS)}, got {args.output!r}")
+    con = connect(args.db, config=args.config)
+    try:
+        statements = duckdb.extract_statements(sql)
+        if not statements:
+            raise SystemExit("aiquery run: no SQL statement given")
+        has_result = False
+        for statement in statements:
+            if statement.type == duckdb.StatementType.SELECT:
+                con.execute(f"CREATE OR REPLACE TEMP TABLE {RESULT_TABLE} AS {statement.query}")
+                has_result = True
+            else:
+                con.execute(statement.query)
+        if not has_result:
+            print("ok")
+        elif output_format:
+            con.execute(f"COPY {RESULT_TABLE} TO {_sql_string(args.output)} (FORMAT {output_format})")
+            rows = con.execute(f"SELECT count(*) FROM {RESULT_TABLE}").fetchall()[0][0]
+            print(f"wrote {rows:,} rows to {args.output}")
+        else:
+            print(con.table(RESULT_TABLE))
+    finally:
+        con.close()
+    return 0
+
+
+def _endpoints(args: argparse.Namespace) -> int:
+    endpoints = load_endpoints(config=args.config)
+    if not endpoints:
+        print("no endpoints: add [endpoints.NAME] tables to aiquery.toml (or the file named by AIQUERY_CONFIG)")
+        return 0
+    rows = [("name", "task", "provider", "model", "url", "settings from")]
+    for name, e in sorted(endpoints.items()):
+        url = e.host or "$DATABRICKS_HOST" if e.provider == "databricks" else e.base_url or OPENAI_BASE_URL
+        rows.append((name, e.task, e.provider, e.model or "", url, e.source))
+    widths = [max(len(str(row[i])) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join(str(value).ljust(width) for value, width in zip(row, widths)).rstrip())
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="aiquery", description="Databricks-style ai_query() for DuckDB.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    run = commands.add_parser("run", help="run SQL with every aiquery function registered")
+    run.add_argument("file", nargs="?", help="a SQL file (statements separated by ;)")
+    run.add_argument("-e", "--execute", metavar="SQL", help="SQL to run instead of a file")
+    run.add_argument("--db", default=":memory:", help="a DuckDB database file (default: in memory)")
+    run.add_argument("--config", help="endpoint settings (default: ./aiquery.toml or $AIQUERY_CONFIG)")
+    run.add_argument("--output", metavar="PATH", help="write the last result to .csv, .parquet or .json")
+    run.set_defaults(handler=_run)
+    listing = commands.add_parser("endpoints", help="list endpoints with their task and where their settings came from")
+    listing.add_argument("--config", help="endpoint settings (default: ./aiquery.toml or $AIQUERY_CONFIG)")
+    listing.set_defaults(handler=_endpoints)
+    args = parser.parse_args(argv)
+    try:
+        return args.handler(args)
+    except (AIQueryError, duckdb.Error, OSError) as exc:
+        print(f"aiquery: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
