@@ -32,3 +32,15 @@ def test_readme_sql_is_copied_from_tested_files():
     normalise = lambda text: " ".join(text.split())  # noqa: E731
     for block in blocks:
         assert normalise(block) in normalise(tested), f"README SQL not in sql/*.sql:\n{block}"
+
+
+def test_readme_settings_example_is_valid(tmp_path):
+    from aiquery._config import load_endpoints
+
+    readme = (ROOT / "README.md").read_text()
+    (block,) = re.findall(r"```toml\n(.*?)```", readme, flags=re.S)
+    config = tmp_path / "aiquery.toml"
+    config.write_text(block)
+    endpoints = load_endpoints(config=config)
+    assert {name: e.task for name, e in endpoints.items()} == {"chat": "chat", "embed": "embeddings", "llama": "chat"}
+    assert endpoints["llama"].provider == "databricks" and endpoints["chat"].model_parameters == {"temperature": 0.0}
