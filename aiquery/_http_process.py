@@ -26,9 +26,8 @@ import sys
 import time
 from pathlib import Path
 
-from ._errors import TransportError
 from ._http_child import Channel
-from ._transport import Response
+from ._transport import Response, timed_out, unreachable
 
 _CHILD = Path(__file__).with_name("_http_child.py")
 
@@ -94,11 +93,8 @@ class ProcessTransport:
         if message[0] == "A":
             return Response(message[2], message[3], message[4].encode("latin-1"))
         if message[2] == "timeout":
-            raise TransportError(f"endpoint {endpoint!r}: no complete answer from {url} within {timeout:g} s "
-                                 "(raise the endpoint's timeout setting if the model is slow)",
-                                 endpoint=endpoint, retryable=True)
-        raise TransportError(f"endpoint {endpoint!r}: request failed to {url}: {message[3]}",
-                             endpoint=endpoint, retryable=True)
+            raise timed_out(endpoint, url, timeout)
+        raise unreachable(endpoint, url, message[3])
 
     async def aclose(self) -> None:
         if self._channel is not None:

@@ -34,12 +34,11 @@ class Transport(Protocol):
     async def aclose(self) -> None: ...
 
 
-def _unreachable(endpoint: str, url: str, what: str, exc: BaseException) -> TransportError:
-    detail = str(exc) or type(exc).__name__
-    return TransportError(f"endpoint {endpoint!r}: {what} {url}: {detail}", endpoint=endpoint, retryable=True)
+def unreachable(endpoint: str, url: str, detail: str) -> TransportError:
+    return TransportError(f"endpoint {endpoint!r}: request failed to {url}: {detail}", endpoint=endpoint, retryable=True)
 
 
-def _timed_out(endpoint: str, url: str, timeout: float) -> TransportError:
+def timed_out(endpoint: str, url: str, timeout: float) -> TransportError:
     return TransportError(f"endpoint {endpoint!r}: no complete answer from {url} within {timeout:g} s "
                           "(raise the endpoint's timeout setting if the model is slow)",
                           endpoint=endpoint, retryable=True)
@@ -72,9 +71,9 @@ class AiohttpTransport:
                 payload = await resp.read()
                 return Response(resp.status, resp.headers, payload)
         except asyncio.TimeoutError:
-            raise _timed_out(endpoint, url, timeout) from None
+            raise timed_out(endpoint, url, timeout) from None
         except aiohttp.ClientError as exc:
-            raise _unreachable(endpoint, url, "request failed to", exc) from exc
+            raise unreachable(endpoint, url, str(exc) or type(exc).__name__) from exc
 
     async def aclose(self) -> None:
         if self._session is not None:
@@ -96,9 +95,9 @@ class HttpxTransport:
         try:
             resp = await self._client.post(url, content=body, headers=headers, timeout=timeout)
         except httpx.TimeoutException:
-            raise _timed_out(endpoint, url, timeout) from None
+            raise timed_out(endpoint, url, timeout) from None
         except httpx.HTTPError as exc:
-            raise _unreachable(endpoint, url, "request failed to", exc) from exc
+            raise unreachable(endpoint, url, str(exc) or type(exc).__name__) from exc
         return Response(resp.status_code, resp.headers, resp.content)
 
     async def aclose(self) -> None:
