@@ -19,14 +19,10 @@ import duckdb
 
 from ._config import OPENAI_BASE_URL, load_endpoints
 from ._errors import AIQueryError
-from ._registration import connect
+from ._registration import connect, sql_string
 
 RESULT_TABLE = "__aiquery_result"
 _FORMATS = {".csv": "csv", ".parquet": "parquet", ".json": "json", ".jsonl": "json", ".ndjson": "json"}
-
-
-def _sql_string(value: str) -> str:
-    return "'" + value.replace("'", "''") + "'"
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -53,7 +49,7 @@ def _run(args: argparse.Namespace) -> int:
         if not has_result:
             print("ok")
         elif output_format:
-            con.execute(f"COPY {RESULT_TABLE} TO {_sql_string(args.output)} (FORMAT {output_format})")
+            con.execute(f"COPY {RESULT_TABLE} TO {sql_string(args.output)} (FORMAT {output_format})")
             rows = con.execute(f"SELECT count(*) FROM {RESULT_TABLE}").fetchall()[0][0]
             print(f"wrote {rows:,} rows to {args.output}")
         else:

@@ -21,7 +21,8 @@ UDF_PARAMETERS = [sqltypes.VARCHAR, sqltypes.VARCHAR, sqltypes.VARCHAR, sqltypes
                   sqltypes.UBIGINT]
 
 
-def _sql_string(value: str) -> str:
+def sql_string(value: str) -> str:
+    """A SQL string literal for `value` (quotes doubled)."""
     return "'" + value.replace("'", "''") + "'"
 
 
@@ -29,7 +30,7 @@ def _statements(*files: str, embedding_endpoints: list[str] = ()) -> list[str]:
     """The SQL files under aiquery/sql/, placeholders filled in, one statement each."""
     text = "\n".join(resources.files("aiquery").joinpath(f"sql/{name}").read_text() for name in files)
     text = "\n".join(line for line in text.splitlines() if not line.lstrip().startswith("--"))
-    names = "[" + ", ".join(_sql_string(n) for n in sorted(embedding_endpoints)) + "]::VARCHAR[]"
+    names = "[" + ", ".join(sql_string(n) for n in sorted(embedding_endpoints)) + "]::VARCHAR[]"
     text = text.replace("$EMBEDDING_ENDPOINTS", names)
     text = re.sub(r"\$DDL\(([^)]*)\)", lambda m: ddl_to_duckdb_sql(m.group(1)), text)
     return [s.strip() for s in text.split(";") if s.strip()]
