@@ -483,12 +483,13 @@ class Engine:
         call, endpoint, target = work.call, work.call.endpoint, work.call.target
         texts = list(work.keys.values())
         if endpoint.task == "embeddings":
-            payload = orjson.dumps(_wire.embeddings_body(texts, call.body))
+            body = _wire.embeddings_body(texts, call.body)
+            payload = orjson.dumps(body)
         else:
-            payload = call.payload
+            body, payload = call.body, call.payload
         limits = rt.limits
         if limits.requests_per_minute or limits.tokens_per_minute:
-            await limits.admit(estimate_tokens(orjson.loads(payload)))
+            await limits.admit(estimate_tokens(body) if limits.tokens_per_minute else 0)
         rt.stats.requests += 1
         ticket = limits.concurrency.start()
         status = None
