@@ -42,11 +42,6 @@ class Options:
     output_type: SqlType | None             # what the answer is converted to (returnType or DDL responseFormat)
     expects_json: bool                      # json_object / json_schema: the answer must parse as JSON
 
-    @property
-    def plain(self) -> bool:
-        """The answer goes into the column as it is (no conversion, no check)."""
-        return self.output_type is None and not self.expects_json
-
 
 def read_options(text: str) -> Options:
     raw = json.loads(text)
@@ -178,7 +173,7 @@ class Registration:
     def build(self, name: Any, request: str, options: str, image: bytes | None) -> tuple[Endpoint, Options, Call]:
         """The call for one row (request and options as the JSON texts the macros produce)."""
         opts = self.options(options)
-        endpoint = self.endpoints.get(name) or _lookup(self.endpoints, name)
+        endpoint = _lookup(self.endpoints, name)
         target = self._targets.get(name)
         if target is None:  # read when first used, so a key exported after connect() is found
             target = self._targets[name] = resolve(endpoint)
@@ -291,9 +286,6 @@ def make_udf(registration: Registration):
             for (i, endpoint, opts), answer in zip(rows, answers):
                 if answer is None:
                     continue  # not finished: an earlier row failed and stopped the batch
-                if type(answer) is _wire.Answer and opts.plain and opts.fail_on_error and endpoint.task != "custom":
-                    out[i] = orjson.dumps(answer.value).decode()  # the common case, kept short
-                    continue
                 if not isinstance(answer, AIQueryError):
                     try:
                         value = _value(endpoint, answer, opts)
