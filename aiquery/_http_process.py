@@ -40,7 +40,8 @@ class ProcessTransport:
         self._process: subprocess.Popen | None = None
         self._pending: dict[int, asyncio.Future] = {}
         self._ids = itertools.count()
-        self._header_ids: dict[int, tuple[int, dict]] = {}  # id(headers) -> (hid, headers kept alive)
+        # id(headers) -> (hid, headers): holding the dict keeps its id from being reused, so hids stay unique
+        self._header_ids: dict[int, tuple[int, dict]] = {}
         self._reading: asyncio.Task | None = None
         self._starting: asyncio.Lock | None = None
 
@@ -78,7 +79,7 @@ class ProcessTransport:
                    endpoint: str) -> Response:
         channel = self._channel or await self._start()
         known = self._header_ids.get(id(headers))
-        if known is None or known[1] is not headers:
+        if known is None:
             known = self._header_ids[id(headers)] = (len(self._header_ids), headers)
             channel.send(["H", known[0], headers])
         rid = next(self._ids)
