@@ -1,10 +1,11 @@
 """The `aiquery` command: run SQL with every aiquery function registered, list endpoints.
 
-    aiquery run quickstart.sql                  # every statement; the last result printed as a table
+    aiquery run quickstart.sql                  # every statement; each result printed as a table
     aiquery run -e "SELECT ai_query('chat', 'hi')" --db data.duckdb
     aiquery run job.sql --output scored.parquet  # or .csv / .json: the last result written there
     aiquery endpoints                            # name, task, provider, model, URL, where settings came from
 
+A progress line shows on a terminal while a statement runs (--progress / --no-progress to choose).
 Each statement runs once: a result is kept in a temporary table and printed or written from
 there (DuckDB re-runs a relation every time it is shown or fetched, and a model would be paid again).
 """
@@ -19,6 +20,8 @@ import duckdb
 
 from ._config import OPENAI_BASE_URL, load_endpoints
 from ._errors import AIQueryError
+from ._engine import Engine
+from ._progress import Progress
 from ._registration import connect, sql_string
 
 RESULT_TABLE = "__aiquery_result"
@@ -41,19 +44,20 @@ def _run(args: argparse.Namespace) -> int:
             raise SystemExit("aiquery run: no SQL statement given")
         has_result = False
         for statement in statements:
-            if statement.type == duckdb.StatementType.SELECT:
-                con.execute(f"CREATE OR REPLACE TEMP TABLE {RESULT_TABLE} AS {statement.query}")
-                has_result = True
-            else:
-                con.execute(statement.query)
+            with Progress(Engine.shared(), enabled=args.progress):
+                if statement.type == duckdb.StatementType.SELECT:
+                    con.execute(f"CREATE OR REPLACE TEMP TABLE {RESULT_TABLE} AS {statement.query}")
+                    has_result = True
+                else:
+                    con.execute(statement.query)
+            if statement.type == duckdb.StatementType.SELECT and not output_format:
+                print(con.table(RESULT_TABLE))
         if not has_result:
             print("ok")
         elif output_format:
             con.execute(f"COPY {RESULT_TABLE} TO {sql_string(args.output)} (FORMAT {output_format})")
             rows = con.execute(f"SELECT count(*) FROM {RESULT_TABLE}").fetchall()[0][0]
             print(f"wrote {rows:,} rows to {args.output}")
-        else:
-            print(con.table(RESULT_TABLE))
     finally:
         con.close()
     return 0
@@ -66,7 +70,12 @@ def _endpoints(args: argparse.Namespace) -> int:
         return 0
     rows = [("name", "task", "provider", "model", "url", "settings from")]
     for name, e in sorted(endpoints.items()):
-        url = e.host or "$DATABRICKS_HOST" if e.provider == "databricks" else e.base_url or OPENAI_BASE_URL
+        if e.provider == "local":
+            url = f"local://{e.model} (in this process)"
+        elif e.provider == "databricks":
+            url = e.host or "$DATABRICKS_HOST"
+        else:
+            url = e.base_url or OPENAI_BASE_URL
         rows.append((name, e.task, e.provider, e.model or "", url, e.source))
     widths = [max(len(str(row[i])) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
@@ -83,6 +92,8 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--db", default=":memory:", help="a DuckDB database file (default: in memory)")
     run.add_argument("--config", help="endpoint settings (default: ./aiquery.toml or $AIQUERY_CONFIG)")
     run.add_argument("--output", metavar="PATH", help="write the last result to .csv, .parquet or .json")
+    run.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                     help="show progress while a statement runs (default: only on a terminal)")
     run.set_defaults(handler=_run)
     listing = commands.add_parser("endpoints", help="list endpoints with their task and where their settings came from")
     listing.add_argument("--config", help="endpoint settings (default: ./aiquery.toml or $AIQUERY_CONFIG)")

@@ -1,6 +1,6 @@
 """Endpoint settings: every default named once, and where settings are read from.
 
-Settings come from (later wins): an `aiquery.toml` (or the file named by AIQUERY_CONFIG, or the
+Settings come from (later wins): the built-in local models, an `aiquery.toml` (or the file named by AIQUERY_CONFIG, or the
 `config=` path) under `[endpoints.NAME]`, then the `endpoints=` mapping passed in Python.
 Keys are never read from files: a setting names the environment variable that holds the key.
 """
@@ -19,7 +19,7 @@ from typing import Any
 from ._errors import ConfigError
 
 TASKS = ("chat", "completions", "embeddings", "custom")
-PROVIDERS = ("openai", "databricks")
+PROVIDERS = ("openai", "databricks", "local")
 
 DEFAULT_TASK = "chat"
 DEFAULT_PROVIDER = "openai"
@@ -33,6 +33,18 @@ DEFAULT_MAX_ATTEMPTS = 6           # first try included
 DEFAULT_MAX_RETRY_TIME = 300.0     # seconds, from the first failure of one request
 DEFAULT_LOOKAHEAD = 8192           # rows a query may have in flight or answered ahead of DuckDB
 CONFIG_FILE_NAME = "aiquery.toml"
+BUILT_IN = "built-in"
+# Endpoints every connection has unless settings use these names: models shipped in packages, run
+# in this process (aiquery/_models.py). One model instance computes at a time; a second request
+# in flight keeps it busy between answers.
+BUILTIN_ENDPOINTS = {
+    "local-chat": {"task": "chat", "provider": "local", "model": "smollm2-135m-instruct",
+                   "max_concurrency": 2, "timeout": 600.0, "lookahead": 64},
+    "local-completions": {"task": "completions", "provider": "local", "model": "smollm2-135m-instruct",
+                          "max_concurrency": 2, "timeout": 600.0, "lookahead": 64},
+    "local-embed": {"task": "embeddings", "provider": "local", "model": "all-minilm-l6-v2",
+                    "max_concurrency": 2, "batch_size": 32, "timeout": 600.0, "lookahead": 2048},
+}
 CONFIG_ENV = "AIQUERY_CONFIG"
 
 
@@ -150,9 +162,12 @@ def default_config_path() -> Path | None:
 
 def load_endpoints(endpoints: Mapping[str, Any] | None = None,
                    config: str | os.PathLike | None = None) -> dict[str, Endpoint]:
-    """All endpoint settings for one registration: the config file first, then `endpoints` on top."""
+    """All endpoint settings for one registration: the built-in ones, the config file's on top, then
+    `endpoints` on top of those (a name defined later replaces the whole earlier definition)."""
     path = config if config is not None else (default_config_path() if endpoints is None else None)
-    result = read_config_file(path) if path is not None else {}
+    result = {name: make_endpoint(name, s, BUILT_IN) for name, s in BUILTIN_ENDPOINTS.items()}
+    if path is not None:
+        result.update(read_config_file(path))
     if endpoints is not None:
         if not isinstance(endpoints, Mapping):
             raise ConfigError(f"endpoints must be a mapping of name to settings, got {type(endpoints).__name__}")

@@ -36,6 +36,7 @@ from ._limits import EndpointLimits, estimate_tokens
 from ._providers import Target
 from ._retry import is_retryable_status, parse_retry_after, should_retry, wait_after
 from ._http_process import ProcessTransport
+from ._local import SCHEME as LOCAL_SCHEME, LocalTransport
 from ._transport import AiohttpTransport, Response, Transport
 
 _PARSERS: dict[str, Callable[[bytes, str], _wire.Answer]] = {
@@ -69,6 +70,9 @@ class EndpointStats:
     retries: int = 0
     throttled: int = 0
     errors: int = 0
+    answered: int = 0           # inputs answered (one per chat request, one per embedded text)
+    prompt_tokens: int = 0      # as the endpoint reported them in `usage`
+    completion_tokens: int = 0
 
 
 @dataclass
@@ -199,7 +203,7 @@ class _LoopThread:
                 self._loop.call_soon_threadsafe(on_start, self._loop)
             return self._loop
 
-    def stop(self, transport: Transport) -> None:
+    def stop(self, transports: tuple[Transport, ...]) -> None:
         with self._lock:
             loop, thread, self._loop, self._thread = self._loop, self._thread, None, None
         if loop is None or not loop.is_running():
@@ -209,7 +213,8 @@ class _LoopThread:
             for task in asyncio.all_tasks():
                 if task is not asyncio.current_task():
                     task.cancel()
-            await transport.aclose()
+            for transport in transports:
+                await transport.aclose()
 
         try:
             asyncio.run_coroutine_threadsafe(shutdown(), loop).result(timeout=5)
@@ -227,6 +232,7 @@ class Engine:
 
     def __init__(self, transport: Transport | None = None, sleep: Callable[[float], Any] | None = None):
         self._transport = transport or (ProcessTransport() if os.name == "posix" else AiohttpTransport())
+        self._local = LocalTransport()  # built-in models: local:// URLs
         self._sleep = sleep or asyncio.sleep
         self._loop_thread = _LoopThread()
         self._runtimes: dict[tuple, _Runtime] = {}
@@ -235,7 +241,8 @@ class Engine:
         self._seen: collections.deque = collections.deque(maxlen=4096)  # identities already read ahead
         # On close(), when the engine goes away, or at exit: stop reading ahead, close the HTTP
         # session, stop the thread. The finalizer holds no reference to the engine itself.
-        self._finalizer = weakref.finalize(self, _shutdown, self._queries, self._loop_thread, self._transport)
+        self._finalizer = weakref.finalize(self, _shutdown, self._queries, self._loop_thread,
+                                           (self._transport, self._local))
         self._queries_lock = threading.Lock()
 
     @classmethod
@@ -494,7 +501,8 @@ class Engine:
         ticket = limits.concurrency.start()
         status = None
         try:
-            response = await self._transport.post(target.url, target.headers, payload,
+            transport = self._local if target.url.startswith(LOCAL_SCHEME + ":") else self._transport
+            response = await transport.post(target.url, target.headers, payload,
                                                   endpoint.timeout, endpoint.name)
             status = response.status
             if not 200 <= status < 300:
@@ -504,6 +512,10 @@ class Engine:
                 answers: list[Any] = [_wire.Answer(v, usage if len(texts) == 1 else {}) for v in vectors]
             else:
                 answers = [_PARSERS[endpoint.task](response.body, endpoint.name)]
+                usage = answers[0].usage
+            rt.stats.answered += len(answers)
+            rt.stats.prompt_tokens += usage.get("prompt_tokens") or 0
+            rt.stats.completion_tokens += usage.get("completion_tokens") or 0
         except AIQueryError as exc:
             if status == 429:
                 rt.stats.throttled += 1
@@ -536,13 +548,13 @@ class Engine:
             self._pump(rt)
 
 
-def _shutdown(queries: dict[tuple, Query], loop_thread: _LoopThread, transport: Transport) -> None:
+def _shutdown(queries: dict[tuple, Query], loop_thread: _LoopThread, transports: tuple[Transport, ...]) -> None:
     for query in list(queries.values()):
         query.stopped.set()
     for query in list(queries.values()):
         if query.prefetcher is not None:
             query.prefetcher.join(timeout=1)  # it lets go of its cursor before DuckDB shuts down
-    loop_thread.stop(transport)
+    loop_thread.stop(transports)
 
 
 def _status_error(endpoint: Endpoint, target: Target, response: Response) -> HTTPStatusError:

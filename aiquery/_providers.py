@@ -2,6 +2,7 @@
 
 openai:      POST {base_url}/chat/completions | /completions | /embeddings, "model" in the body.
 databricks:  POST {host}/serving-endpoints/{model or name}/invocations, no "model" in the body.
+local:       local://{model}/chat/completions | ... answered in-process (aiquery/_local.py).
              Host and token are found the way the Databricks SDK finds them: DATABRICKS_HOST /
              DATABRICKS_TOKEN, else a ~/.databrickscfg profile (DATABRICKS_CONFIG_PROFILE, DEFAULT).
 Both:        `Authorization: Bearer <key>`, the key read from the environment when the request is built.
@@ -17,6 +18,8 @@ from urllib.parse import quote, urlsplit
 
 from ._config import OPENAI_BASE_URL, Endpoint
 from ._errors import ConfigError
+from ._local import url as local_url
+from ._models import MODELS
 
 _OPENAI_PATHS = {"chat": "/chat/completions", "completions": "/completions", "embeddings": "/embeddings"}
 
@@ -45,7 +48,16 @@ def resolve(endpoint: Endpoint) -> Target:
     """The endpoint's URL and key, read now (so a key exported after connect() is still found)."""
     if endpoint.provider == "databricks":
         return _databricks(endpoint)
+    if endpoint.provider == "local":
+        return _local(endpoint)
     return _openai(endpoint)
+
+
+def _local(endpoint: Endpoint) -> Target:
+    if endpoint.model not in MODELS or endpoint.task == "custom":
+        raise ConfigError(f"endpoint {endpoint.name!r}: provider 'local' runs a built-in model: set model to one "
+                          f"of {', '.join(MODELS)} and task to chat, completions or embeddings")
+    return Target(local_url(endpoint.model, _OPENAI_PATHS[endpoint.task]), True, None, {})
 
 
 def _check_url(endpoint: Endpoint, url: str, setting: str) -> str:

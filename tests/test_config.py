@@ -1,9 +1,10 @@
 """Endpoint settings: TOML files, dicts, Endpoint objects, defaults and their checks."""
 
+import duckdb
 import pytest
 
 import aiquery
-from aiquery._config import load_endpoints
+from aiquery._config import BUILTIN_ENDPOINTS as BUILTINS, load_endpoints
 
 
 def test_settings_from_a_toml_file(tmp_path, server, monkeypatch):
@@ -29,11 +30,29 @@ def test_aiquery_toml_in_the_working_directory_and_aiquery_config(tmp_path, monk
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("AIQUERY_CONFIG", raising=False)
     (tmp_path / "aiquery.toml").write_text('[endpoints.here]\nbase_url = "http://127.0.0.1:1/v1"\n')
-    assert list(load_endpoints()) == ["here"]
+    assert list(load_endpoints()) == [*BUILTINS, "here"]
     other = tmp_path / "other.toml"
     other.write_text('[endpoints.there]\ntask = "embeddings"\nbase_url = "http://127.0.0.1:1/v1"\n')
     monkeypatch.setenv("AIQUERY_CONFIG", str(other))
-    assert list(load_endpoints()) == ["there"]
+    assert list(load_endpoints()) == [*BUILTINS, "there"]
+
+
+def test_builtin_local_endpoints_are_always_there_and_settings_can_replace_them(tmp_path):
+    endpoints = load_endpoints()
+    assert {n: (e.task, e.provider, e.source) for n, e in endpoints.items() if n in BUILTINS} == {
+        "local-chat": ("chat", "local", "built-in"), "local-completions": ("completions", "local", "built-in"),
+        "local-embed": ("embeddings", "local", "built-in")}
+    config = tmp_path / "a.toml"
+    config.write_text('[endpoints.local-chat]\nbase_url = "http://127.0.0.1:1/v1"\n')
+    replaced = load_endpoints(config=config)["local-chat"]
+    assert (replaced.provider, replaced.base_url, replaced.source) == ("openai", "http://127.0.0.1:1/v1", str(config))
+
+
+def test_a_local_endpoint_must_name_a_builtin_model():
+    with aiquery.connect(endpoints={"mine": {"provider": "local", "model": "gpt-9"}}) as con:
+        with pytest.raises(duckdb.Error, match="endpoint .mine.: provider 'local' runs a built-in model: "
+                                                      "set model to one of smollm2-135m-instruct, all-minilm-l6-v2"):
+            con.sql("SELECT ai_query('mine', 'hi')").fetchall()
 
 
 def test_python_settings_override_the_file(tmp_path):

