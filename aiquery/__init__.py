@@ -7,8 +7,8 @@
 
 from ._config import Endpoint
 from ._engine import Engine
-from ._errors import (AIQueryError, ArgumentError, ConfigError, HTTPStatusError, OutputError, RequestError,
-                      ResponseError, TransportError, UnknownEndpointError)
+from ._errors import (AIQueryError, ArgumentError, ConfigError, HTTPStatusError, OutputError, QueryInterrupted,
+                      RequestError, ResponseError, TransportError, UnknownEndpointError)
 from ._registration import connect, register
 from ._transport import AiohttpTransport, HttpxTransport
 
@@ -16,6 +16,6 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AIQueryError", "AiohttpTransport", "ArgumentError", "ConfigError", "Endpoint", "Engine", "HTTPStatusError",
-    "HttpxTransport", "OutputError", "RequestError", "ResponseError", "TransportError", "UnknownEndpointError",
+    "HttpxTransport", "OutputError", "QueryInterrupted", "RequestError", "ResponseError", "TransportError", "UnknownEndpointError",
     "connect", "register",
 ]

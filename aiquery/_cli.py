@@ -4,6 +4,8 @@
     aiquery run -e "SELECT ai_query('chat', 'hi')" --db data.duckdb
     aiquery run job.sql --output scored.parquet  # or .csv / .json: the last result written there
     aiquery endpoints                            # name, task, provider, model, URL, where settings came from
+    aiquery cache                                # the response cache: answers and hits per endpoint
+    aiquery cache clear [--endpoint NAME] [--older-than 7d]
 
 A progress line shows on a terminal while a statement runs (--progress / --no-progress to choose).
 Each statement runs once: a result is kept in a temporary table and printed or written from
@@ -18,6 +20,7 @@ from pathlib import Path
 
 import duckdb
 
+from ._cache import open_cache
 from ._config import OPENAI_BASE_URL, load_endpoints
 from ._errors import AIQueryError
 from ._engine import Engine
@@ -83,6 +86,39 @@ def _endpoints(args: argparse.Namespace) -> int:
     return 0
 
 
+_AGE_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def _age(text: str) -> float:
+    """'90s', '30m', '12h', '7d', '2w' in seconds."""
+    unit = _AGE_UNITS.get(text[-1:].lower())
+    try:
+        value = float(text[:-1])
+    except ValueError:
+        unit = None
+    if unit is None or value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an age like 30m, 12h or 7d")
+    return value * unit
+
+
+def _cache(args: argparse.Namespace) -> int:
+    cache = open_cache(args.path)
+    if args.action == "clear":
+        deleted = cache.clear(endpoint=args.endpoint, older_than=args.older_than)
+        print(f"deleted {deleted:,} cached answers from {cache.path}")
+        return 0
+    rows = cache.summary()
+    size = sum(p.stat().st_size for p in cache.path.parent.glob(cache.path.name + "*") if p.is_file())
+    print(f"{cache.path}: {size / 1e6:,.1f} MB, {sum(r[2] for r in rows):,} answers, "
+          f"{sum(r[4] for r in rows):,} hits")
+    table = [("endpoint", "model", "answers", "MB", "hits")]
+    table += [(e, m or "", f"{n:,}", f"{b / 1e6:,.2f}", f"{h:,}") for e, m, n, b, h in rows]
+    widths = [max(len(row[i]) for row in table) for i in range(5)]
+    for row in table if rows else []:
+        print("  ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip())
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="aiquery", description="Databricks-style ai_query() for DuckDB.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -98,6 +134,13 @@ def main(argv: list[str] | None = None) -> int:
     listing = commands.add_parser("endpoints", help="list endpoints with their task and where their settings came from")
     listing.add_argument("--config", help="endpoint settings (default: ./aiquery.toml or $AIQUERY_CONFIG)")
     listing.set_defaults(handler=_endpoints)
+    caching = commands.add_parser("cache", help="show the response cache, or clear it (all, one endpoint, by age)")
+    caching.add_argument("action", nargs="?", choices=("info", "clear"), default="info")
+    caching.add_argument("--endpoint", help="clear only this endpoint's answers")
+    caching.add_argument("--older-than", type=_age, metavar="AGE", help="clear answers older than AGE (30m, 12h, 7d)")
+    caching.add_argument("--path", help="the cache file (default: responses.sqlite3 in $AIQUERY_CACHE_DIR "
+                                        "or the user cache directory)")
+    caching.set_defaults(handler=_cache)
     args = parser.parse_args(argv)
     try:
         return args.handler(args)

@@ -67,6 +67,7 @@ class Endpoint:
     requests_per_minute: int | None = None
     tokens_per_minute: int | None = None
     lookahead: int = DEFAULT_LOOKAHEAD   # 0 turns reading ahead of DuckDB off
+    cache: bool = True               # keep answers in the response cache (off e.g. for sampling at temperature > 0)
     model_parameters: Mapping[str, Any] = field(default_factory=dict)
     headers: Mapping[str, str] = field(default_factory=dict)  # extra, non-secret headers
     name: str = ""
@@ -92,6 +93,8 @@ class Endpoint:
             value = getattr(self, setting)
             if not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0:
                 raise ConfigError(f"{where}: {setting} must be a positive number of seconds, got {value!r}")
+        if not isinstance(self.cache, bool):
+            raise ConfigError(f"{where}: cache must be true or false, got {self.cache!r}")
         if not isinstance(self.model_parameters, Mapping):
             raise ConfigError(f"{where}: model_parameters must be a table/dict, got {self.model_parameters!r}")
         if self.api_key_env is not None and not (isinstance(self.api_key_env, str) and self.api_key_env.isidentifier()):

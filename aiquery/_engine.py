@@ -31,7 +31,9 @@ import orjson
 
 from . import _wire
 from ._config import Endpoint
-from ._errors import AIQueryError, HTTPStatusError, RequestError
+from . import _interrupt
+from ._cache import ResponseCache
+from ._errors import AIQueryError, HTTPStatusError, QueryInterrupted, RequestError
 from ._limits import EndpointLimits, estimate_tokens
 from ._providers import Target
 from ._retry import is_retryable_status, parse_retry_after, should_retry, wait_after
@@ -50,14 +52,16 @@ QUERY_IDLE_END = 2.0  # seconds without a UDF call after which a query counts as
 class Call:
     """One row's request. Embedding calls carry their text in `text`; `body` holds the rest.
     `payload` is the body as sent (encoded here, on DuckDB's or the prefetcher's thread, not on
-    the engine's busy loop); `key` is what identical requests share: URL, payload and text, hashed."""
+    the engine's busy loop); `key` is what identical requests share, here and in the response
+    cache: provider, URL, payload and text, hashed. `cache` is where its answer is kept, if anywhere."""
 
-    __slots__ = ("endpoint", "target", "body", "text", "payload", "key")
+    __slots__ = ("endpoint", "target", "body", "text", "payload", "key", "cache")
 
-    def __init__(self, endpoint: Endpoint, target: Target, body: dict[str, Any], text: str | None = None):
-        self.endpoint, self.target, self.body, self.text = endpoint, target, body, text
+    def __init__(self, endpoint: Endpoint, target: Target, body: dict[str, Any], text: str | None = None,
+                 cache: ResponseCache | None = None):
+        self.endpoint, self.target, self.body, self.text, self.cache = endpoint, target, body, text, cache
         self.payload = orjson.dumps(body, option=orjson.OPT_SORT_KEYS)
-        digest = hashlib.blake2b(target.url.encode(), digest_size=16)
+        digest = hashlib.blake2b(f"{endpoint.provider}\0{target.url}\0".encode(), digest_size=16)
         digest.update(self.payload)
         if text is not None:
             digest.update(b"\0" + text.encode())
@@ -71,6 +75,7 @@ class EndpointStats:
     throttled: int = 0
     errors: int = 0
     answered: int = 0           # inputs answered (one per chat request, one per embedded text)
+    cache_hits: int = 0         # inputs answered from the response cache, not sent
     prompt_tokens: int = 0      # as the endpoint reported them in `usage`
     completion_tokens: int = 0
 
@@ -112,6 +117,7 @@ class Query:
     active: int = 0  # batches in the engine now (loop side)
     last_active: float = field(default_factory=time.monotonic)
     stopped: threading.Event = field(default_factory=threading.Event)
+    cancelled: threading.Event = field(default_factory=threading.Event)  # Ctrl-C or con.interrupt()
     # The prefetcher touches DuckDB only while a UDF call of this query runs, and a UDF call does
     # not return while the prefetcher is inside DuckDB: the query cannot end (and the user cannot
     # close the connection) while a cursor of it is busy.
@@ -244,6 +250,7 @@ class Engine:
         self._finalizer = weakref.finalize(self, _shutdown, self._queries, self._loop_thread,
                                            (self._transport, self._local))
         self._queries_lock = threading.Lock()
+        _interrupt.track_engine(self)
 
     @classmethod
     def shared(cls) -> Engine:
@@ -278,15 +285,20 @@ class Engine:
             return []
         future = asyncio.run_coroutine_threadsafe(self._run(calls, fail_fast, query), self._loop())
         try:
-            while True:  # short waits keep the calling thread responsive to Ctrl-C
+            while True:  # short waits keep the calling thread responsive to Ctrl-C and cancellation
                 try:
-                    return future.result(timeout=0.2)
+                    return future.result(timeout=0.1)
                 except concurrent.futures.TimeoutError:
-                    continue
+                    if query is not None and query.cancelled.is_set():
+                        raise QueryInterrupted("query interrupted: requests in flight were cancelled; answers "
+                                               "received are kept in the response cache, so running the "
+                                               "statement again sends only the rest") from None
         except BaseException:
             future.cancel()
             if query is not None:
                 self.end_query(query)
+            for cache in {call.cache for call in calls if call.cache is not None}:
+                cache.flush(timeout=1.0)  # what arrived before the interrupt is on disk for a re-run
             raise
 
     def hold(self, calls: Sequence[Call], query: Query) -> bool:
@@ -302,6 +314,13 @@ class Engine:
         query.stopped.set()
         loop = self._loop()
         loop.call_soon_threadsafe(self._drop_query, query)
+
+    def cancel(self, which: Callable[[tuple], bool]) -> None:
+        """Cancels the running queries whose identity `which` accepts (see aiquery/_interrupt.py)."""
+        with self._queries_lock:
+            for identity, query in self._queries.items():
+                if which(identity):
+                    query.cancelled.set()
 
     def stats(self) -> dict[str, EndpointStats]:
         return {rt.endpoint.name: rt.stats for rt in self._runtimes.values()}
@@ -437,11 +456,16 @@ class Engine:
         loop = asyncio.get_running_loop()
         texts: dict[tuple, tuple[Call, dict[str, str]]] = {}
         touched = {}
+        cached = self._cached([call for call in calls if call.cache is not None and call.key not in self._entries])
         for call in calls:
             key = call.key
             if key in self._entries:
                 continue
             self._entries[key] = _Entry(loop.create_future())
+            if key in cached:
+                self._entries[key].future.set_result(cached[key])
+                self._runtime(call.endpoint, call.target).stats.cache_hits += 1
+                continue
             if call.text is None:
                 touched[id(self._queue(_Work({key: None}, call)))] = call
             else:
@@ -453,6 +477,16 @@ class Engine:
                 touched[id(self._queue(_Work(dict(items[start:start + call.endpoint.batch_size]), call)))] = call
         for call in {id(c.target): c for c in touched.values()}.values():
             self._pump(self._runtime(call.endpoint, call.target))
+
+    @staticmethod
+    def _cached(calls: list[Call]) -> dict[bytes, _wire.Answer]:
+        found: dict[bytes, _wire.Answer] = {}
+        by_cache: dict[ResponseCache, list[bytes]] = {}
+        for call in calls:
+            by_cache.setdefault(call.cache, []).append(call.key)
+        for cache, keys in by_cache.items():
+            found.update(cache.get_many(keys))
+        return found
 
     def _queue(self, work: _Work) -> _Runtime:
         for key in work.keys:
@@ -531,6 +565,9 @@ class Engine:
         finally:
             limits.concurrency.finish(ticket, throttled=status == 429, failed=status is None or status >= 300)
         work.finished = True
+        if call.cache is not None and not isinstance(answers[0], BaseException):
+            for key, answer in zip(work.keys, answers):
+                call.cache.put(key, endpoint.name, endpoint.model, answer)
         for key, answer in zip(work.keys, answers):
             entry = self._entries.get(key)
             if entry is None or entry.future.done():

@@ -8,7 +8,8 @@
      │    ├── HTTPStatusError       the endpoint answered with a non-2xx status
      │    ├── TransportError        no answer: connection refused or reset, timeout
      │    └── ResponseError         a 2xx answer that is not what the wire format promises
-     └── OutputError              the model's answer does not fit responseFormat / returnType
+     ├── OutputError              the model's answer does not fit responseFormat / returnType
+     └── QueryInterrupted         Ctrl-C or con.interrupt() stopped the query
 
 Messages name the endpoint and say what to do next. They never contain an API key: keys are only
 ever read into request headers, and errors are built from endpoint names, URLs without userinfo,
@@ -63,3 +64,7 @@ class TransportError(RequestError):
 
 class ResponseError(RequestError):
     """The endpoint answered 2xx with a body that does not follow its wire format."""
+
+
+class QueryInterrupted(AIQueryError):
+    """The query was interrupted (Ctrl-C or con.interrupt()); requests in flight were cancelled."""

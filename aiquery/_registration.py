@@ -11,6 +11,7 @@ from typing import Any
 import duckdb
 from duckdb import sqltypes
 
+from ._cache import open_cache
 from ._config import load_endpoints
 from ._datasets import dataset_path
 from ._engine import Engine
@@ -39,16 +40,20 @@ def _statements(*files: str, embedding_endpoints: list[str] = ()) -> list[str]:
 
 
 def register(con: duckdb.DuckDBPyConnection, *, endpoints: Mapping[str, Any] | None = None,
-             config: str | os.PathLike | None = None, engine: Engine | None = None
-             ) -> duckdb.DuckDBPyConnection:
+             config: str | os.PathLike | None = None, engine: Engine | None = None,
+             cache: str | os.PathLike | bool = True) -> duckdb.DuckDBPyConnection:
     """Registers ai_query on `con` (replacing an earlier registration) and returns `con`.
 
     Requests go through `engine`, by default the process-wide Engine.shared(), so an endpoint's
-    limits hold across every connection."""
+    limits hold across every connection. Answers are kept in the response cache: `cache` is its
+    file (default: responses.sqlite3 in $AIQUERY_CACHE_DIR or the user cache directory), or False."""
     if not isinstance(con, duckdb.DuckDBPyConnection):
         raise TypeError(f"register() needs a duckdb connection, got {type(con).__name__}")
     settings = load_endpoints(endpoints, config)
-    registration = Registration(settings, engine or Engine.shared(), con,
+    if not isinstance(cache, (bool, str, os.PathLike)):
+        raise TypeError(f"cache must be True, False or the path of a cache file, got {type(cache).__name__}")
+    responses = None if cache is False else open_cache(None if cache is True else cache)
+    registration = Registration(settings, engine or Engine.shared(), responses, con,
                                 _statements("options.sql", "prefetch.sql"))
     for name in (UDF_NAME, DATASET_UDF):
         try:
@@ -67,11 +72,11 @@ def register(con: duckdb.DuckDBPyConnection, *, endpoints: Mapping[str, Any] | N
 
 def connect(database: str = ":memory:", *, endpoints: Mapping[str, Any] | None = None,
             config: str | os.PathLike | None = None, engine: Engine | None = None,
-            **duckdb_options: Any) -> duckdb.DuckDBPyConnection:
-    """A new DuckDB connection with every aiquery SQL function registered."""
+            cache: str | os.PathLike | bool = True, **duckdb_options: Any) -> duckdb.DuckDBPyConnection:
+    """A new DuckDB connection with every aiquery SQL function registered (see register())."""
     con = duckdb.connect(database, **duckdb_options)
     try:
-        return register(con, endpoints=endpoints, config=config, engine=engine)
+        return register(con, endpoints=endpoints, config=config, engine=engine, cache=cache)
     except BaseException:
         con.close()
         raise

@@ -27,6 +27,8 @@ from ._errors import AIQueryError, ArgumentError, OutputError, UnknownEndpointEr
 from ._prefetch import Plan, Prefetcher, plan
 from ._providers import Target, resolve
 from ._types import SqlType, conform, parse_output, parse_type
+from . import _interrupt
+from ._cache import ResponseCache
 
 _FORMAT_TYPES = ("text", "json_object", "json_schema")
 MAX_PREBUILT = 100_000
@@ -41,6 +43,7 @@ class Options:
     response_format: dict[str, Any] | None  # as sent to the model
     output_type: SqlType | None             # what the answer is converted to (returnType or DDL responseFormat)
     expects_json: bool                      # json_object / json_schema: the answer must parse as JSON
+    cache: bool | None                      # cache => true/false; None: the endpoint's setting
 
 
 def read_options(text: str) -> Options:
@@ -55,7 +58,10 @@ def read_options(text: str) -> Options:
         if not isinstance(return_type, str):
             raise ArgumentError(f"returnType must be a type string like 'INT' or 'ARRAY<STRING>', got {return_type!r}")
         output_type = parse_type(return_type, argument="returnType")
-    return Options(params, fail_on_error, response_format, output_type, expects_json)
+    cache = raw.get("cache")
+    if cache is not None and not isinstance(cache, bool):
+        raise ArgumentError(f"cache must be true or false, got {cache!r}")
+    return Options(params, fail_on_error, response_format, output_type, expects_json, cache)
 
 
 def _response_format(value: Any) -> tuple[dict | None, SqlType | None, bool]:
@@ -148,10 +154,11 @@ class Registration:
     cursors for reading ahead. The connection is held weakly: it holds this object (through the
     UDF), and a cycle through DuckDB's C++ side would never be collected."""
 
-    def __init__(self, endpoints: dict[str, Endpoint], engine: Engine,
+    def __init__(self, endpoints: dict[str, Endpoint], engine: Engine, cache: ResponseCache | None,
                  connection: duckdb.DuckDBPyConnection, prefetch_macros: list[str]):
         self.endpoints = endpoints
         self.engine = engine
+        self.cache = cache
         self._connection = weakref.ref(connection)
         self._cursor_lock = threading.Lock()  # a DuckDB connection object is used by one thread at a time
         self._prefetch_macros = prefetch_macros
@@ -163,6 +170,7 @@ class Registration:
         # them again. An entry is the same call whichever query asks; the bound only caps memory.
         self._prebuilt: dict[tuple, Call] = {}
         self._token = next(_registrations)  # tells apart equal queries of different connections
+        _interrupt.watch(connection, engine, self._token)
 
     def options(self, text: str) -> Options:
         opts = self._options.get(text)
@@ -185,7 +193,10 @@ class Registration:
         if params is None:  # what every body of this endpoint and these options carries
             model = {"model": endpoint.model} if target.sends_model and endpoint.model else {}
             params = self._params[(name, options)] = {**model, **endpoint.model_parameters, **opts.params}
-        return endpoint, opts, _call(endpoint, target, orjson.loads(request), opts, params, image)
+        call = _call(endpoint, target, orjson.loads(request), opts, params, image)
+        if opts.cache if opts.cache is not None else endpoint.cache:
+            call.cache = self.cache
+        return endpoint, opts, call
 
     def prebuilt(self, name: Any, request: str, options: str, image: bytes | None) -> tuple[Endpoint, Options, Call]:
         """build(), taking the call the prefetcher made for these arguments when there is one."""

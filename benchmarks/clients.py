@@ -63,7 +63,8 @@ def run_aiquery(base_url: str, *, rows: int, endpoint: dict, call: str, check: s
     """
     import aiquery
 
-    con = aiquery.connect(endpoints={"ai": {"base_url": base_url, "model": MODEL, **endpoint}})
+    # No response cache: every run must send every row (a re-run would otherwise be all hits).
+    con = aiquery.connect(endpoints={"ai": {"base_url": base_url, "model": MODEL, **endpoint}}, cache=False)
     prompts = f"SELECT range AS id, 'row ' || range AS prompt FROM range({int(rows)})"
     if source == "table":
         con.execute(f"CREATE TABLE prompts AS {prompts}")

@@ -10,9 +10,19 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 
 import aiquery  # noqa: E402
+from aiquery import _cache  # noqa: E402
 from fakeserver import FakeServer  # noqa: E402
 
 CANARY_KEY = "sk-canary-7f3a9c1e5b"  # must never show up in anything a user can see
+
+
+@pytest.fixture(autouse=True)
+def cache_dir(tmp_path_factory, monkeypatch):
+    """Each test starts with an empty response cache of its own (the cache is on by default)."""
+    path = tmp_path_factory.mktemp("aiquery-cache")
+    monkeypatch.setenv("AIQUERY_CACHE_DIR", str(path))
+    yield path
+    _cache.close_all()
 
 
 @pytest.fixture

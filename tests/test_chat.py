@@ -81,7 +81,7 @@ def test_response_format_ddl_gives_a_typed_struct(con, server):
     for ddl in ("STRUCT<label: STRING, score: DOUBLE, tags: ARRAY<STRING>>",
                 "STRUCT(label VARCHAR, score DOUBLE, tags VARCHAR[])"):
         server.reset()
-        result = con.sql(f"SELECT ai_query('chat', 'classify', responseFormat => '{ddl}') AS r")
+        result = con.sql(f"SELECT ai_query('chat', 'classify', responseFormat => '{ddl}', cache => false) AS r")
         assert result.types[0].id == "struct"
         assert result.fetchall()[0][0] == {"label": "sample", "score": 1.5, "tags": ["sample"]}
         sent = server.bodies()[0]["response_format"]

@@ -6,7 +6,7 @@ import aiquery
 def test_public_names():
     assert sorted(aiquery.__all__) == sorted([
         "AIQueryError", "AiohttpTransport", "ArgumentError", "ConfigError", "Endpoint", "Engine", "HTTPStatusError",
-        "HttpxTransport", "OutputError", "RequestError", "ResponseError", "TransportError", "UnknownEndpointError",
+        "HttpxTransport", "OutputError", "QueryInterrupted", "RequestError", "ResponseError", "TransportError", "UnknownEndpointError",
         "connect", "register",
     ])
     assert all(hasattr(aiquery, name) for name in aiquery.__all__)

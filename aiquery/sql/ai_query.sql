@@ -20,11 +20,12 @@ CASE WHEN failOnError THEN __aiquery_answer_type(endpoint, responseFormat, retur
           || ', errorMessage VARCHAR)' END;
 
 CREATE OR REPLACE TEMP MACRO ai_query(endpoint, request, modelParameters := NULL, failOnError := true,
-                                      responseFormat := NULL, returnType := NULL, files := NULL) AS
+                                      responseFormat := NULL, returnType := NULL, files := NULL,
+                                      cache := NULL) AS
 json_transform_strict(
     -- current_query() and txid_current() tell the UDF which query a batch belongs to (for reading ahead).
     __aiquery_invoke(endpoint, to_json(request),
-                     __aiquery_options(modelParameters, failOnError, responseFormat, returnType),
+                     __aiquery_options(modelParameters, failOnError, responseFormat, returnType, cache),
                      files, current_query(), txid_current()),
     -- nullif(endpoint, endpoint) adds nothing: it only makes DuckDB check this macro at its first use,
     -- when the arguments are known constants, instead of at CREATE time.
