@@ -13,6 +13,7 @@ second after it arrived, even if the process is then killed.
 
 from __future__ import annotations
 
+import dataclasses
 import queue
 import sqlite3
 import threading
@@ -84,7 +85,8 @@ class ResponseCache:
             return found
         if self._unwritten_answers:  # put, but maybe not committed yet
             with self._idle:
-                found = {key: self._unwritten_answers[key] for key in keys if key in self._unwritten_answers}
+                found = {key: dataclasses.replace(self._unwritten_answers[key], attempts=0, cached=True)
+                         for key in keys if key in self._unwritten_answers}
             keys = [key for key in keys if key not in found]
         with self._read_lock:
             for start in range(0, len(keys), _LOOKUP_CHUNK):
@@ -93,7 +95,7 @@ class ResponseCache:
                 for key, blob in self._reader.execute(f"SELECT key, answer FROM responses WHERE key IN ({marks})",
                                                       chunk):
                     stored = orjson.loads(blob)
-                    found[key] = Answer(stored["value"], stored["usage"], stored["finish_reason"])
+                    found[key] = Answer(stored["value"], stored["usage"], stored["finish_reason"], 0, True)
         if found:
             self._submit(("hit", list(found)))
         return found

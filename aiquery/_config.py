@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from ._errors import ConfigError
+from ._usage import Price
 
 TASKS = ("chat", "completions", "embeddings", "custom")
 PROVIDERS = ("openai", "databricks", "local")
@@ -68,6 +69,10 @@ class Endpoint:
     tokens_per_minute: int | None = None
     lookahead: int = DEFAULT_LOOKAHEAD   # 0 turns reading ahead of DuckDB off
     cache: bool = True               # keep answers in the response cache (off e.g. for sampling at temperature > 0)
+    budget_tokens: int | None = None     # tokens this endpoint may use in this process; then rows fail
+    budget_usd: float | None = None      # the same in estimated USD (needs a price for the model)
+    query_budget_tokens: int | None = None  # the same for each query
+    query_budget_usd: float | None = None
     model_parameters: Mapping[str, Any] = field(default_factory=dict)
     headers: Mapping[str, str] = field(default_factory=dict)  # extra, non-secret headers
     name: str = ""
@@ -83,12 +88,16 @@ class Endpoint:
             value = getattr(self, setting)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ConfigError(f"{where}: {setting} must be a positive integer, got {value!r}")
-        for setting in ("requests_per_minute", "tokens_per_minute"):
+        for setting in ("requests_per_minute", "tokens_per_minute", "budget_tokens", "query_budget_tokens"):
             value = getattr(self, setting)
             if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
                 raise ConfigError(f"{where}: {setting} must be a positive integer or unset, got {value!r}")
         if not isinstance(self.lookahead, int) or isinstance(self.lookahead, bool) or self.lookahead < 0:
             raise ConfigError(f"{where}: lookahead must be a whole number of rows (0 = off), got {self.lookahead!r}")
+        for setting in ("budget_usd", "query_budget_usd"):
+            value = getattr(self, setting)
+            if value is not None and (not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0):
+                raise ConfigError(f"{where}: {setting} must be a number of US dollars or unset, got {value!r}")
         for setting in ("timeout", "max_retry_time"):
             value = getattr(self, setting)
             if not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0:
@@ -152,6 +161,23 @@ def read_config_file(path: str | os.PathLike) -> dict[str, Endpoint]:
     if not isinstance(tables, dict):
         raise ConfigError(f"config file {str(path)!r}: 'endpoints' must be a table of [endpoints.NAME] tables")
     return {name: make_endpoint(name, settings, str(path)) for name, settings in tables.items()}
+
+
+def read_prices(path: str | os.PathLike | None = None) -> dict[str, Price]:
+    """`[prices."MODEL"]` tables (input = ..., output = ...: USD per million tokens) of the config file."""
+    path = path if path is not None else default_config_path()
+    if path is None:
+        return {}
+    with Path(path).open("rb") as f:
+        tables = tomllib.load(f).get("prices", {})
+    prices = {}
+    for model, table in tables.items() if isinstance(tables, dict) else ():
+        if not (isinstance(table, dict) and set(table) <= {"input", "output"} and all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0 for v in table.values())):
+            raise ConfigError(f"config file {str(path)!r}: [prices.{model!r}] takes input = and output = "
+                              f"(USD per million tokens), got {table!r}")
+        prices[model] = Price(table.get("input", 0.0), table.get("output", 0.0))
+    return prices
 
 
 def default_config_path() -> Path | None:

@@ -18,6 +18,7 @@ import collections
 import concurrent.futures
 import contextlib
 import hashlib
+import itertools
 import os
 import threading
 import time
@@ -33,10 +34,11 @@ from . import _wire
 from ._config import Endpoint
 from . import _interrupt
 from ._cache import ResponseCache
-from ._errors import AIQueryError, HTTPStatusError, QueryInterrupted, RequestError
+from ._errors import AIQueryError, BudgetExceeded, HTTPStatusError, QueryInterrupted, RequestError
 from ._limits import EndpointLimits, estimate_tokens
 from ._providers import Target
 from ._retry import is_retryable_status, parse_retry_after, should_retry, wait_after
+from ._usage import QUERY_HISTORY, Price, Usage
 from ._http_process import ProcessTransport
 from ._local import SCHEME as LOCAL_SCHEME, LocalTransport
 from ._transport import AiohttpTransport, Response, Transport
@@ -55,11 +57,12 @@ class Call:
     the engine's busy loop); `key` is what identical requests share, here and in the response
     cache: provider, URL, payload and text, hashed. `cache` is where its answer is kept, if anywhere."""
 
-    __slots__ = ("endpoint", "target", "body", "text", "payload", "key", "cache")
+    __slots__ = ("endpoint", "target", "body", "text", "payload", "key", "cache", "price")
 
     def __init__(self, endpoint: Endpoint, target: Target, body: dict[str, Any], text: str | None = None,
                  cache: ResponseCache | None = None):
         self.endpoint, self.target, self.body, self.text, self.cache = endpoint, target, body, text, cache
+        self.price: Price | None = None
         self.payload = orjson.dumps(body, option=orjson.OPT_SORT_KEYS)
         digest = hashlib.blake2b(f"{endpoint.provider}\0{target.url}\0".encode(), digest_size=16)
         digest.update(self.payload)
@@ -69,23 +72,12 @@ class Call:
 
 
 @dataclass
-class EndpointStats:
-    requests: int = 0
-    retries: int = 0
-    throttled: int = 0
-    errors: int = 0
-    answered: int = 0           # inputs answered (one per chat request, one per embedded text)
-    cache_hits: int = 0         # inputs answered from the response cache, not sent
-    prompt_tokens: int = 0      # as the endpoint reported them in `usage`
-    completion_tokens: int = 0
-
-
-@dataclass
 class _Work:
     """One HTTP request waiting in its endpoint's queue (or being sent): the entries it answers."""
 
     keys: dict[bytes, str | None]  # entry key -> embedding text (None for other tasks)
     call: Call
+    query: Query | None = None  # the query that started it: its usage is counted there too
     attempts: int = 0
     first_failure: float | None = None
     worker: asyncio.Task | None = None  # the worker sending it right now
@@ -108,6 +100,10 @@ class Query:
 
     identity: tuple
     window: int  # rows the prefetcher may hold that no batch has taken yet
+    number: int = 0  # the engine's count of queries, shown in aiquery_query_usage()
+    started: float = field(default_factory=time.time)
+    finished: float | None = None
+    usage: dict[tuple[str, str | None], Usage] = field(default_factory=dict)  # by endpoint name and model
     memo: collections.OrderedDict = field(default_factory=collections.OrderedDict)
     # Rows are matched one to one between the prefetcher and DuckDB's batches: a row the
     # prefetcher registered first is in `holds` until a batch takes it; a row a batch took first
@@ -187,7 +183,8 @@ class _Runtime:
 
     endpoint: Endpoint
     limits: EndpointLimits
-    stats: EndpointStats = field(default_factory=EndpointStats)
+    price: Price | None = None  # for cost figures and budget_usd
+    stats: Usage = field(default_factory=Usage)
     queue: collections.deque = field(default_factory=collections.deque)
     workers: int = 0
 
@@ -250,6 +247,8 @@ class Engine:
         self._finalizer = weakref.finalize(self, _shutdown, self._queries, self._loop_thread,
                                            (self._transport, self._local))
         self._queries_lock = threading.Lock()
+        self._query_numbers = itertools.count(1)
+        self._finished: collections.deque = collections.deque(maxlen=QUERY_HISTORY)  # for aiquery_query_usage()
         _interrupt.track_engine(self)
 
     @classmethod
@@ -274,7 +273,7 @@ class Engine:
             query = self._queries.get(identity)
             if query is not None:
                 return query, False
-            query = self._queries[identity] = Query(identity, window)
+            query = self._queries[identity] = Query(identity, window, next(self._query_numbers))
             first = identity not in self._seen
             self._seen.append(identity)
             return query, first
@@ -322,23 +321,35 @@ class Engine:
                 if which(identity):
                     query.cancelled.set()
 
-    def stats(self) -> dict[str, EndpointStats]:
-        return {rt.endpoint.name: rt.stats for rt in self._runtimes.values()}
+    def stats(self) -> dict[str, Usage]:
+        """Usage per endpoint name since the engine started."""
+        return {rt.endpoint.name: rt.stats for rt in list(self._runtimes.values())}
+
+    def usage(self) -> list[tuple[str, str | None, Usage]]:
+        """(endpoint, model, usage) since the engine started."""
+        return [(rt.endpoint.name, rt.endpoint.model, rt.stats) for rt in list(self._runtimes.values())]
+
+    def query_usage(self) -> list[tuple[Query, str, str | None, Usage]]:
+        """(query, endpoint, model, usage) of the running and the last finished queries, oldest first."""
+        with self._queries_lock:
+            queries = sorted({id(q): q for q in [*self._finished, *self._queries.values()]}.values(),
+                             key=lambda q: q.number)
+        return [(q, name, model, usage) for q in queries for (name, model), usage in list(q.usage.items())]
 
     def close(self) -> None:
         """Closes connections and stops the loop thread."""
         self._finalizer()
 
     # -- loop side ---------------------------------------------------------------------------
-    def _runtime(self, endpoint: Endpoint, target: Target) -> _Runtime:
+    def _runtime(self, endpoint: Endpoint, target: Target, price: Price | None = None) -> _Runtime:
         identity = (target.url, endpoint.model)
         rt = self._runtimes.get(identity)
         if rt is None:
             limits = EndpointLimits.create(endpoint.max_concurrency, endpoint.requests_per_minute,
                                            endpoint.tokens_per_minute)
-            rt = self._runtimes[identity] = _Runtime(endpoint, limits)
+            rt = self._runtimes[identity] = _Runtime(endpoint, limits, price)
         elif rt.endpoint is not endpoint:
-            rt.endpoint = endpoint
+            rt.endpoint, rt.price = endpoint, price
             rt.limits.configure(endpoint.max_concurrency, endpoint.requests_per_minute, endpoint.tokens_per_minute)
         return rt
 
@@ -354,7 +365,7 @@ class Engine:
                     outcomes[i] = query.memo[key]
                 else:
                     waiting.setdefault(key, []).append(i)
-            self._start([calls[rows[0]] for key, rows in waiting.items() if key not in self._entries])
+            self._start([calls[rows[0]] for key, rows in waiting.items() if key not in self._entries], query)
             for key in waiting:
                 self._entries[key].waiters += 1
             if query is not None:  # rows a prefetcher registered are now DuckDB's: free their window slots
@@ -404,7 +415,7 @@ class Engine:
                 fresh.append(call)
         if len(calls) > len(fresh):
             query.free(len(calls) - len(fresh))
-        self._start([c for c in fresh if c.key not in self._entries])
+        self._start([c for c in fresh if c.key not in self._entries], query)
         for call in fresh:
             key = call.key
             self._entries[key].held += 1
@@ -428,6 +439,9 @@ class Engine:
         with self._queries_lock:
             if self._queries.get(query.identity) is query:
                 del self._queries[query.identity]
+                query.finished = time.time() - (time.monotonic() - query.last_active)
+                if query.usage:
+                    self._finished.append(query)
 
     async def _watch_queries(self) -> None:
         """Ends queries DuckDB has stopped calling us for (finished, failed or interrupted)."""
@@ -451,7 +465,7 @@ class Engine:
             if work.worker is not None:
                 work.worker.cancel()
 
-    def _start(self, calls: list[Call]) -> None:
+    def _start(self, calls: list[Call], query: Query | None) -> None:
         """Creates entries for `calls` and queues their requests (embedding texts batched)."""
         loop = asyncio.get_running_loop()
         texts: dict[tuple, tuple[Call, dict[str, str]]] = {}
@@ -464,19 +478,31 @@ class Engine:
             self._entries[key] = _Entry(loop.create_future())
             if key in cached:
                 self._entries[key].future.set_result(cached[key])
-                self._runtime(call.endpoint, call.target).stats.cache_hits += 1
+                for usage in self._usages(self._runtime(call.endpoint, call.target, call.price), query):
+                    usage.cache_hits += 1
                 continue
             if call.text is None:
-                touched[id(self._queue(_Work({key: None}, call)))] = call
+                touched[id(self._queue(_Work({key: None}, call, query)))] = call
             else:
                 group = (call.target.url, call.payload)
                 texts.setdefault(group, (call, {}))[1][key] = call.text
         for call, by_key in texts.values():
             items = list(by_key.items())
             for start in range(0, len(items), call.endpoint.batch_size):
-                touched[id(self._queue(_Work(dict(items[start:start + call.endpoint.batch_size]), call)))] = call
+                touched[id(self._queue(_Work(dict(items[start:start + call.endpoint.batch_size]), call, query)))] = call
         for call in {id(c.target): c for c in touched.values()}.values():
-            self._pump(self._runtime(call.endpoint, call.target))
+            self._pump(self._runtime(call.endpoint, call.target, call.price))
+
+    @staticmethod
+    def _usages(rt: _Runtime, query: Query | None) -> list[Usage]:
+        """Where a request's usage is counted: its endpoint, and the query that started it."""
+        if query is None:
+            return [rt.stats]
+        key = (rt.endpoint.name, rt.endpoint.model)
+        usage = query.usage.get(key)
+        if usage is None:
+            usage = query.usage[key] = Usage()
+        return [rt.stats, usage]
 
     @staticmethod
     def _cached(calls: list[Call]) -> dict[bytes, _wire.Answer]:
@@ -491,7 +517,7 @@ class Engine:
     def _queue(self, work: _Work) -> _Runtime:
         for key in work.keys:
             self._entries[key].work = work
-        rt = self._runtime(work.call.endpoint, work.call.target)
+        rt = self._runtime(work.call.endpoint, work.call.target, work.call.price)
         rt.queue.append(work)
         return rt
 
@@ -522,6 +548,13 @@ class Engine:
     async def _attempt(self, rt: _Runtime, work: _Work) -> None:
         """Sends `work` once; answers its entries, or queues it again after a wait if that may help."""
         call, endpoint, target = work.call, work.call.endpoint, work.call.target
+        usages = self._usages(rt, work.query)
+        refused = _over_budget(rt, usages)
+        if refused is not None:
+            for usage in usages:
+                usage.fail(len(work.keys), refused)
+            self._settle(work, [refused] * len(work.keys))
+            return
         texts = list(work.keys.values())
         if endpoint.task == "embeddings":
             body = _wire.embeddings_body(texts, call.body)
@@ -531,43 +564,54 @@ class Engine:
         limits = rt.limits
         if limits.requests_per_minute or limits.tokens_per_minute:
             await limits.admit(estimate_tokens(body) if limits.tokens_per_minute else 0)
-        rt.stats.requests += 1
+        for usage in usages:
+            usage.requests += 1
         ticket = limits.concurrency.start()
         status = None
+        started = time.monotonic()
         try:
             transport = self._local if target.url.startswith(LOCAL_SCHEME + ":") else self._transport
-            response = await transport.post(target.url, target.headers, payload,
-                                                  endpoint.timeout, endpoint.name)
+            response = await transport.post(target.url, target.headers, payload, endpoint.timeout, endpoint.name)
             status = response.status
             if not 200 <= status < 300:
                 raise _status_error(endpoint, target, response)
             if endpoint.task == "embeddings":
-                vectors, usage = _wire.parse_embeddings(response.body, endpoint.name, len(texts))
-                answers: list[Any] = [_wire.Answer(v, usage if len(texts) == 1 else {}) for v in vectors]
+                vectors, tokens = _wire.parse_embeddings(response.body, endpoint.name, len(texts))
+                answers: list[Any] = [_wire.Answer(v, tokens if len(texts) == 1 else {}) for v in vectors]
             else:
                 answers = [_PARSERS[endpoint.task](response.body, endpoint.name)]
-                usage = answers[0].usage
-            rt.stats.answered += len(answers)
-            rt.stats.prompt_tokens += usage.get("prompt_tokens") or 0
-            rt.stats.completion_tokens += usage.get("completion_tokens") or 0
+                tokens = answers[0].usage
+            for answer in answers:
+                answer.attempts = work.attempts + 1
+            for usage in usages:
+                usage.answer(len(answers), tokens, time.monotonic() - started)
         except AIQueryError as exc:
-            if status == 429:
-                rt.stats.throttled += 1
             work.attempts += 1
             now = time.monotonic()
             work.first_failure = work.first_failure or now
-            if should_retry(exc, work.attempts, now - work.first_failure, endpoint.max_attempts, endpoint.max_retry_time):
-                rt.stats.retries += 1
+            retry = should_retry(exc, work.attempts, now - work.first_failure, endpoint.max_attempts,
+                                 endpoint.max_retry_time)
+            exc.attempts = work.attempts  # for details => true
+            for usage in usages:
+                usage.throttled += status == 429
+                if retry:
+                    usage.retries += 1
+                else:
+                    usage.fail(len(work.keys), exc)
+            if retry:
                 asyncio.get_running_loop().create_task(self._retry_later(rt, work, wait_after(exc, work.attempts)))
                 return
-            rt.stats.errors += 1
             answers = [exc] * len(work.keys)
         finally:
             limits.concurrency.finish(ticket, throttled=status == 429, failed=status is None or status >= 300)
-        work.finished = True
         if call.cache is not None and not isinstance(answers[0], BaseException):
             for key, answer in zip(work.keys, answers):
                 call.cache.put(key, endpoint.name, endpoint.model, answer)
+        self._settle(work, answers)
+
+    def _settle(self, work: _Work, answers: list[Any]) -> None:
+        """Hands each of the work's entries its answer or error."""
+        work.finished = True
         for key, answer in zip(work.keys, answers):
             entry = self._entries.get(key)
             if entry is None or entry.future.done():
@@ -583,6 +627,25 @@ class Engine:
         if not work.finished:
             rt.queue.appendleft(work)  # a retry goes before rows that have not been tried yet
             self._pump(rt)
+
+
+def _over_budget(rt: _Runtime, usages: list[Usage]) -> BudgetExceeded | None:
+    """The error for a request that would go past a token or cost budget of its endpoint or query."""
+    endpoint = rt.endpoint
+    limits = [("budget_tokens", "budget_usd", "the endpoint", usages[0])]
+    if len(usages) > 1:
+        limits.append(("query_budget_tokens", "query_budget_usd", "this query", usages[1]))
+    for tokens_setting, usd_setting, scope, usage in limits:
+        tokens, usd = getattr(endpoint, tokens_setting), getattr(endpoint, usd_setting)
+        used = usage.prompt_tokens + usage.completion_tokens
+        if tokens is not None and used >= tokens:
+            return BudgetExceeded(f"budget exceeded: endpoint {endpoint.name!r} used {used:,} tokens for {scope}, "
+                                  f"its {tokens_setting} is {tokens:,}; raise it to send the remaining rows")
+        cost = usage.cost(rt.price) if usd is not None else None
+        if cost is not None and cost >= usd:
+            return BudgetExceeded(f"budget exceeded: endpoint {endpoint.name!r} spent ${cost:,.4f} for {scope}, "
+                                  f"its {usd_setting} is ${usd:,.4f}; raise it to send the remaining rows")
+    return None
 
 
 def _shutdown(queries: dict[tuple, Query], loop_thread: _LoopThread, transports: tuple[Transport, ...]) -> None:

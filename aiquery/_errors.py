@@ -9,7 +9,8 @@
      │    ├── TransportError        no answer: connection refused or reset, timeout
      │    └── ResponseError         a 2xx answer that is not what the wire format promises
      ├── OutputError              the model's answer does not fit responseFormat / returnType
-     └── QueryInterrupted         Ctrl-C or con.interrupt() stopped the query
+     ├── QueryInterrupted         Ctrl-C or con.interrupt() stopped the query
+     └── BudgetExceeded           a token or cost budget was reached; no more requests are sent
 
 Messages name the endpoint and say what to do next. They never contain an API key: keys are only
 ever read into request headers, and errors are built from endpoint names, URLs without userinfo,
@@ -68,3 +69,7 @@ class ResponseError(RequestError):
 
 class QueryInterrupted(AIQueryError):
     """The query was interrupted (Ctrl-C or con.interrupt()); requests in flight were cancelled."""
+
+
+class BudgetExceeded(AIQueryError):
+    """A token or cost budget of an endpoint or query was reached; the remaining rows were not sent."""

@@ -9,17 +9,20 @@ from importlib import resources
 from typing import Any
 
 import duckdb
+import orjson
 from duckdb import sqltypes
 
 from ._cache import open_cache
-from ._config import load_endpoints
+from ._config import load_endpoints, read_prices
 from ._datasets import dataset_path
 from ._engine import Engine
 from ._types import ddl_to_duckdb_sql
 from ._udf import Registration, make_udf
+from ._usage import endpoint_rows, query_rows
 
 UDF_NAME = "__aiquery_invoke"
 DATASET_UDF = "aiquery_dataset"
+USAGE_UDF = "__aiquery_usage"
 UDF_PARAMETERS = [sqltypes.VARCHAR, sqltypes.VARCHAR, sqltypes.VARCHAR, sqltypes.BLOB, sqltypes.VARCHAR,
                   sqltypes.UBIGINT]
 
@@ -53,9 +56,10 @@ def register(con: duckdb.DuckDBPyConnection, *, endpoints: Mapping[str, Any] | N
     if not isinstance(cache, (bool, str, os.PathLike)):
         raise TypeError(f"cache must be True, False or the path of a cache file, got {type(cache).__name__}")
     responses = None if cache is False else open_cache(None if cache is True else cache)
-    registration = Registration(settings, engine or Engine.shared(), responses, con,
-                                _statements("options.sql", "prefetch.sql"))
-    for name in (UDF_NAME, DATASET_UDF):
+    prices = read_prices(config)
+    engine = engine or Engine.shared()
+    registration = Registration(settings, engine, responses, prices, con, _statements("options.sql", "prefetch.sql"))
+    for name in (UDF_NAME, DATASET_UDF, USAGE_UDF):
         try:
             con.remove_function(name)
         except duckdb.InvalidInputException:
@@ -64,8 +68,14 @@ def register(con: duckdb.DuckDBPyConnection, *, endpoints: Mapping[str, Any] | N
                         type="arrow", null_handling="special", side_effects=True)
     # Foldable (no side effects) so that it can name a file: read_parquet(aiquery_dataset('...')).
     con.create_function(DATASET_UDF, dataset_path, [sqltypes.VARCHAR], sqltypes.VARCHAR, side_effects=False)
+
+    def usage(kind: str) -> str:
+        rows = endpoint_rows(engine, prices) if kind == "endpoints" else query_rows(engine, prices)
+        return orjson.dumps(rows).decode()
+
+    con.create_function(USAGE_UDF, usage, [sqltypes.VARCHAR], sqltypes.VARCHAR, side_effects=True)
     embedding = [name for name, e in settings.items() if e.task == "embeddings"]
-    for statement in _statements("options.sql", "ai_query.sql", embedding_endpoints=embedding):
+    for statement in _statements("options.sql", "ai_query.sql", "usage.sql", embedding_endpoints=embedding):
         con.execute(statement)
     return con
 

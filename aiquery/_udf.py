@@ -20,15 +20,15 @@ import duckdb
 import orjson
 import pyarrow as pa
 
-from . import _wire
+from . import _interrupt, _wire
+from ._cache import ResponseCache
 from ._config import Endpoint
 from ._engine import Call, Engine, Query
-from ._errors import AIQueryError, ArgumentError, OutputError, UnknownEndpointError
+from ._errors import AIQueryError, ArgumentError, ConfigError, OutputError, UnknownEndpointError
 from ._prefetch import Plan, Prefetcher, plan
 from ._providers import Target, resolve
 from ._types import SqlType, conform, parse_output, parse_type
-from . import _interrupt
-from ._cache import ResponseCache
+from ._usage import Price, price_of
 
 _FORMAT_TYPES = ("text", "json_object", "json_schema")
 MAX_PREBUILT = 100_000
@@ -44,6 +44,7 @@ class Options:
     output_type: SqlType | None             # what the answer is converted to (returnType or DDL responseFormat)
     expects_json: bool                      # json_object / json_schema: the answer must parse as JSON
     cache: bool | None                      # cache => true/false; None: the endpoint's setting
+    details: bool                           # details => true: each row also carries usage and attempts
 
 
 def read_options(text: str) -> Options:
@@ -61,7 +62,12 @@ def read_options(text: str) -> Options:
     cache = raw.get("cache")
     if cache is not None and not isinstance(cache, bool):
         raise ArgumentError(f"cache must be true or false, got {cache!r}")
-    return Options(params, fail_on_error, response_format, output_type, expects_json, cache)
+    details = raw.get("details")
+    if not isinstance(details, bool):
+        raise ArgumentError(f"details must be true or false, got {details!r}")
+    if details and fail_on_error:
+        raise ArgumentError("details => true needs failOnError => false (the details go beside each row's answer)")
+    return Options(params, fail_on_error, response_format, output_type, expects_json, cache, details)
 
 
 def _response_format(value: Any) -> tuple[dict | None, SqlType | None, bool]:
@@ -146,6 +152,20 @@ def _value(endpoint: Endpoint, answer: _wire.Answer, options: Options) -> Any:
     return value
 
 
+def _row(value: Any, outcome: _wire.Answer | AIQueryError, options: Options) -> dict[str, Any]:
+    """A failOnError => false row: the answer or the error, and with details => true how it went."""
+    failed = isinstance(outcome, AIQueryError)
+    row = {"response": value, "errorMessage": str(outcome) if failed else None}
+    if options.details:
+        usage = {} if failed else outcome.usage
+        row["details"] = {
+            "prompt_tokens": usage.get("prompt_tokens"), "completion_tokens": usage.get("completion_tokens"),
+            "total_tokens": usage.get("total_tokens"), "finish_reason": None if failed else outcome.finish_reason,
+            "attempts": getattr(outcome, "attempts", None), "cached": None if failed else outcome.cached,
+            "status": getattr(outcome, "status", None) if failed else None}
+    return row
+
+
 _registrations = itertools.count()
 
 
@@ -155,10 +175,17 @@ class Registration:
     UDF), and a cycle through DuckDB's C++ side would never be collected."""
 
     def __init__(self, endpoints: dict[str, Endpoint], engine: Engine, cache: ResponseCache | None,
-                 connection: duckdb.DuckDBPyConnection, prefetch_macros: list[str]):
+                 prices: dict[str, Price], connection: duckdb.DuckDBPyConnection, prefetch_macros: list[str]):
         self.endpoints = endpoints
         self.engine = engine
         self.cache = cache
+        self.prices = prices
+        for endpoint in endpoints.values():
+            if (endpoint.budget_usd is not None or endpoint.query_budget_usd is not None) and \
+                    price_of(endpoint.model, prices) is None:
+                raise ConfigError(f"endpoint {endpoint.name!r}: a USD budget needs the price of model "
+                                  f"{endpoint.model!r}: add [prices.{json.dumps(endpoint.model or '')}] with "
+                                  "input = and output = (USD per million tokens) to the config file")
         self._connection = weakref.ref(connection)
         self._cursor_lock = threading.Lock()  # a DuckDB connection object is used by one thread at a time
         self._prefetch_macros = prefetch_macros
@@ -194,6 +221,7 @@ class Registration:
             model = {"model": endpoint.model} if target.sends_model and endpoint.model else {}
             params = self._params[(name, options)] = {**model, **endpoint.model_parameters, **opts.params}
         call = _call(endpoint, target, orjson.loads(request), opts, params, image)
+        call.price = price_of(endpoint.model, self.prices)
         if opts.cache if opts.cache is not None else endpoint.cache:
             call.cache = self.cache
         return endpoint, opts, call
@@ -292,6 +320,7 @@ def make_udf(registration: Registration):
             fail_fast = fail_fast and opts.fail_on_error
             calls.append(call)
             rows.append((i, endpoint, opts))
+        failed_options: dict[int, Options] = {}
         query, answers = None, []
         if calls:
             query = registration.start_query(statements[0].as_py(), txids[0].as_py(), rows[0][1].lookahead)
@@ -307,18 +336,18 @@ def make_udf(registration: Registration):
                     except AIQueryError as exc:
                         answer = exc
                     else:
-                        out[i] = orjson.dumps(value if opts.fail_on_error
-                                              else {"response": value, "errorMessage": None}).decode()
+                        out[i] = orjson.dumps(value if opts.fail_on_error else _row(value, answer, opts)).decode()
                         continue
                 if opts.fail_on_error:
                     raise answer
                 failures[i] = answer
+                failed_options[i] = opts
         except AIQueryError:
             if query is not None:
                 engine.end_query(query)  # the query fails: stop reading ahead for it now
             raise
         for i, exc in failures.items():
-            out[i] = json.dumps({"response": None, "errorMessage": str(exc)}, ensure_ascii=False)
+            out[i] = orjson.dumps(_row(None, exc, failed_options.get(i) or registration.options(raw_options[i]))).decode()
         return pa.array(out, type=pa.string())
 
     return invoke

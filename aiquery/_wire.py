@@ -41,6 +41,8 @@ class Answer:
     value: Any
     usage: dict[str, int] = field(default_factory=dict)
     finish_reason: str | None = None
+    attempts: int = 1      # requests it took (0: from the response cache)
+    cached: bool = False
 
 
 def check_model_parameters(params: Any) -> dict[str, Any]:

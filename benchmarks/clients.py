@@ -53,18 +53,23 @@ def _child(sender, fn: Callable[..., dict], kwargs: dict) -> None:
 
 
 def run_aiquery(base_url: str, *, rows: int, endpoint: dict, call: str, check: str,
-                source: str = "table", workdir: str | None = None) -> dict:
+                source: str = "table", workdir: str | None = None, cache: str | bool = False) -> dict:
     """Times `CREATE TABLE scored AS SELECT id, <call> AS answer FROM <source>` on a fresh connection.
 
     `endpoint` holds the settings of the endpoint named "ai"; `check` is a SQL condition on `id` and
     `answer` that a correct row satisfies. Returns {"seconds", "rows", "ok_rows"} (plus "error" if
     the query failed). Source `table` is a native DuckDB table, `parquet` a file written by COPY with
     2048-row row groups, `pandas` a DataFrame found by DuckDB's replacement scan.
+
+    `cache` is False (no response cache: every run sends every row, as a re-run would otherwise be
+    all hits) or the path of a cache file. With a file, once the query is timed the process waits
+    until every answer and hit count is committed (the cache's writer thread would otherwise die
+    with the process) and adds "flush_seconds", that wait. Every result also has "requests" and
+    "cache_hits", the engine's own counts.
     """
     import aiquery
 
-    # No response cache: every run must send every row (a re-run would otherwise be all hits).
-    con = aiquery.connect(endpoints={"ai": {"base_url": base_url, "model": MODEL, **endpoint}}, cache=False)
+    con = aiquery.connect(endpoints={"ai": {"base_url": base_url, "model": MODEL, **endpoint}}, cache=cache)
     prompts = f"SELECT range AS id, 'row ' || range AS prompt FROM range({int(rows)})"
     if source == "table":
         con.execute(f"CREATE TABLE prompts AS {prompts}")
@@ -91,4 +96,15 @@ def run_aiquery(base_url: str, *, rows: int, endpoint: dict, call: str, check: s
                 "error": f"{type(exc).__name__}: {exc}"[:500]}
     finally:
         con.close()
-    return {"seconds": seconds, "rows": rows, "ok_rows": ok}
+    result = {"seconds": seconds, "rows": rows, "ok_rows": ok}
+    if cache:
+        from aiquery._cache import open_cache  # the process's one ResponseCache for that file
+
+        flush_start = time.perf_counter()
+        if not open_cache(cache).flush(timeout=120):
+            result["error"] = "the response cache did not finish writing within 120 s"
+        result["flush_seconds"] = time.perf_counter() - flush_start
+    stats = aiquery.Engine.shared().stats().values()
+    result["requests"] = sum(s.requests for s in stats)
+    result["cache_hits"] = sum(s.cache_hits for s in stats)
+    return result

@@ -2,7 +2,7 @@
 
     python benchmarks/run.py [--quick] [--only NAME ...] [--profile] [--output PATH]
 
-Names: pipeline, ceiling, embeddings, adaptive, baselines (see benchmarks/README.md). Targets are
+Names: pipeline, ceiling, embeddings, adaptive, baselines, cache (see benchmarks/README.md). Targets are
 reported, never asserted: a missed target is a result, and the command still exits 0.
 """
 
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import shlex
+import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -36,6 +37,7 @@ LIMITED_SERVER = 50           # benchmark 4: the server's own concurrency limit.
 LIMITED_LATENCY_S = 0.1       # ...and its fixed latency
 CHAT_CALL = "ai_query('ai', prompt)"
 AIQUERY_CHAT = {"endpoint": {"max_concurrency": SLOTS}, "call": CHAT_CALL, "check": "answer = 'echo: row ' || id"}
+AIQUERY_NGINX = dict(AIQUERY_CHAT, check="answer = 'ok'")  # benchmarks 2 and 6: nginx answers every row "ok"
 ROWS_LATENCY = {"kind": "rows", "seed": workloads.SEED}
 SOURCES = {"table": "native table", "parquet": "Parquet file", "pandas": "pandas DataFrame"}
 
@@ -47,6 +49,8 @@ TARGET_ADAPTIVE = 0.85
 TARGET_429_FRACTION = 0.05
 
 PROFILE_PATH = HERE / "profile-client-ceiling.txt"
+CACHE_PROFILE_PATH = HERE / "profile-client-cache.txt"
+CACHE_FILE = "responses.sqlite3"
 
 
 @dataclass(frozen=True)
@@ -179,28 +183,48 @@ def bench_pipeline(ctx: Context) -> Section:
     return section
 
 
+def nginx_trials(nginx: servers.Nginx, rows: int, clients: Callable[[int], list[tuple[str, Callable[..., dict], dict]]],
+                 section: Section) -> dict[str, list[dict]]:
+    """Client-ceiling trials against nginx: CEILING_TRIALS rounds, each running every client that
+    clients(round) gives as (name, fn, kwargs), in that order, each in a fresh process.
+
+    The clients alternate and callers compare medians: on a shared 2-core machine one run of any
+    client moves by +-15%, and alternating lets that noise hit all of them alike. Each result gets
+    "served", the requests nginx served during its run; its notes go to `section`.
+    """
+    trials: dict[str, list[dict]] = {}
+    for round_ in range(CEILING_TRIALS):
+        for name, fn, kwargs in clients(round_):
+            served, cpu = nginx.requests_served(), nginx.cpu_seconds()
+            result = isolated(fn, dict(kwargs, base_url=nginx.openai_base, rows=rows), timeout=300)
+            result["served"] = nginx.requests_served() - served
+            cpu = nginx.cpu_seconds() - cpu
+            trials.setdefault(name, []).append(result)
+            section.notes += outcome_notes(name, result)
+            note = (f"{name}: {rows_per_s(result):,.0f} rows/s; nginx served {result['served']:,} requests "
+                    f"for {rows:,} rows, nginx CPU {cpu:.1f} s over the {result.get('seconds', 0):.1f} s run")
+            if "flush_seconds" in result:  # a run with the response cache on
+                note += (f"; the engine sent {result['requests']:,} requests and took {result['cache_hits']:,} "
+                         f"answers from the cache; the cache had committed all its writes "
+                         f"{result['flush_seconds']:.2f} s after the query ended")
+            section.notes.append(note)
+    return trials
+
+
+def median_run(results: list[dict]) -> dict:
+    return sorted(results, key=rows_per_s)[len(results) // 2]
+
+
 def bench_ceiling(ctx: Context) -> Section:
     """2. Client ceiling: aiquery rows/s vs a raw aiohttp loop, against nginx answering at once."""
     rows = ctx.sizes.ceiling_rows
     section = Section(f"2. Client ceiling: {rows:,} rows, nginx with no latency, C = {SLOTS}")
-    aiquery_kwargs = dict(AIQUERY_CHAT, check="answer = 'ok'")
-    trials: dict[str, list[dict]] = {"raw aiohttp": [], "aiquery": []}
     with servers.Nginx(workers=1) as nginx:
-        # The two clients alternate, CEILING_TRIALS times each, and the medians are compared: on a
-        # shared 2-core machine one run of either moves by +-15%.
-        for _ in range(CEILING_TRIALS):
-            for name, fn, kwargs in (("raw aiohttp", baselines.raw_aiohttp, {"workers": SLOTS}),
-                                     ("aiquery", run_aiquery, aiquery_kwargs)):
-                served, cpu = nginx.requests_served(), nginx.cpu_seconds()
-                result = isolated(fn, dict(kwargs, base_url=nginx.openai_base, rows=rows), timeout=300)
-                trials[name].append(result)
-                served, cpu = nginx.requests_served() - served, nginx.cpu_seconds() - cpu
-                section.notes += outcome_notes(name, result)
-                section.notes.append(f"{name}: {rows_per_s(result):,.0f} rows/s; nginx served {served:,} requests "
-                                     f"for {rows:,} rows, nginx CPU {cpu:.1f} s over the {result.get('seconds', 0):.1f} s run")
+        trials = nginx_trials(nginx, rows, lambda _: [("raw aiohttp", baselines.raw_aiohttp, {"workers": SLOTS}),
+                                                      ("aiquery", run_aiquery, AIQUERY_NGINX)], section)
         if ctx.profile:
-            section.notes.append(profile(run_aiquery, dict(aiquery_kwargs, base_url=nginx.openai_base, rows=rows)))
-    runs = {name: sorted(results, key=rows_per_s)[len(results) // 2] for name, results in trials.items()}
+            section.notes.append(profile(run_aiquery, dict(AIQUERY_NGINX, base_url=nginx.openai_base, rows=rows)))
+    runs = {name: median_run(results) for name, results in trials.items()}
     raw, ours = rows_per_s(runs["raw aiohttp"]), rows_per_s(runs["aiquery"])
     ratio = ours / raw if raw else None
     section.lines += [
@@ -213,8 +237,8 @@ def bench_ceiling(ctx: Context) -> Section:
     return section
 
 
-def profile(fn: Callable[..., dict], kwargs: dict) -> str:
-    """One more run of fn under py-spy (all threads, 200 Hz); writes the hottest frames to PROFILE_PATH."""
+def profile(fn: Callable[..., dict], kwargs: dict, path: Path = PROFILE_PATH) -> str:
+    """One more run of fn under py-spy (all threads, 200 Hz); writes the hottest frames to `path`."""
     spy_binary = Path(sys.executable).with_name("py-spy")
     if not spy_binary.exists():
         return "profile: py-spy is not installed (pip install py-spy)"
@@ -235,9 +259,9 @@ def profile(fn: Callable[..., dict], kwargs: dict) -> str:
         if not stacks.exists():
             return "profile: py-spy wrote nothing (is ptrace allowed here?)"
         about = report.machine()
-        PROFILE_PATH.write_text(f"{about['date']}, aiquery {about['aiquery']}, {kwargs['rows']:,} rows\n"
-                                f"Run under the profiler: {measured(result)}\n" + summarize_stacks(stacks.read_text()))
-    return f"profile of one extra aiquery run, not counted above: {PROFILE_PATH.relative_to(HERE.parent)}"
+        path.write_text(f"{about['date']}, aiquery {about['aiquery']}, {kwargs['rows']:,} rows\n"
+                        f"Run under the profiler: {measured(result)}\n" + summarize_stacks(stacks.read_text()))
+    return f"profile of one extra aiquery run, not counted above: {path.relative_to(HERE.parent)}"
 
 
 def summarize_stacks(collapsed: str, top: int = 20) -> str:
@@ -359,12 +383,68 @@ def bench_baselines(ctx: Context) -> Section:
     return section
 
 
+def bench_cache(ctx: Context) -> Section:
+    """6. The response cache on benchmark 2's workload: off, on into an empty file, on again (all hits)."""
+    rows = ctx.sizes.ceiling_rows
+    section = Section(f"6. Response cache: {rows:,} rows, benchmark 2's nginx with no latency, C = {SLOTS}")
+    off, miss, hit = "cache off", "cache on, empty file", "cache on, same file again"
+    with servers.Nginx(workers=1) as nginx, tempfile.TemporaryDirectory(prefix="aiquery-bench-cache-") as root:
+        files: list[Path] = []
+
+        def clients(round_: int) -> list[tuple[str, Callable[..., dict], dict]]:
+            # Each round starts from an empty cache file in a directory of its own; the all-hits run
+            # reads the file the run before it wrote.
+            files.append(Path(root, f"round-{round_}", CACHE_FILE))
+            cached = dict(AIQUERY_NGINX, cache=str(files[-1]))
+            return [(off, run_aiquery, AIQUERY_NGINX), (miss, run_aiquery, cached), (hit, run_aiquery, cached)]
+
+        trials = nginx_trials(nginx, rows, clients, section)
+        stored = [cache_contents(path) for path in files]
+        if ctx.profile:
+            section.notes.append(profile(run_aiquery, dict(AIQUERY_NGINX, base_url=nginx.openai_base, rows=rows,
+                                                           cache=str(Path(root, "profile", CACHE_FILE))),
+                                         CACHE_PROFILE_PATH))
+    for round_, (answers, hits) in enumerate(stored):
+        section.notes.append(f"round {round_ + 1}'s cache file: {answers:,} answers stored, {hits:,} hits recorded")
+    runs = {name: median_run(results) for name, results in trials.items()}
+    base = rows_per_s(runs[off])
+
+    def ratio(name: str) -> float | None:
+        return rows_per_s(runs[name]) / base if base else None
+
+    # Checked in every round: each row sent once and stored once, then answered from the file with no request.
+    written = all(all_correct(r) and r["served"] == rows and r["requests"] == rows and r["cache_hits"] == 0
+                  for r in trials[miss]) and all(answers == rows for answers, _ in stored)
+    from_file = all(all_correct(r) and r["served"] == 0 and r["requests"] == 0 and r["cache_hits"] == rows
+                    for r in trials[hit]) and all(hits == rows for _, hits in stored)
+    reference = f"{base:,.0f} rows/s (cache off)"
+    section.lines += [
+        Line(f"(a) aiquery SQL, cache off (median of {CEILING_TRIALS})", measured(runs[off]), "-", None),
+        Line(f"(b) cache on, empty file: every row a miss and a write (median of {CEILING_TRIALS})",
+             measured(runs[miss]), reference, ratio(miss), "1 request and 1 stored answer per row", written),
+        Line(f"(c) same query, same file: every row a hit (median of {CEILING_TRIALS})", measured(runs[hit]),
+             reference, ratio(hit), "0 requests", from_file),
+    ]
+    return section
+
+
+def cache_contents(path: Path) -> tuple[int, int]:
+    """(answers stored, hits recorded) in a response cache file; (0, 0) if there is none."""
+    if not path.exists():
+        return 0, 0
+    with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as con:
+        answers, hits = con.execute("SELECT count(*), coalesce(sum(hits), 0) FROM responses").fetchone()
+    con.close()
+    return answers, hits
+
+
 BENCHMARKS: dict[str, Callable[[Context], Section]] = {
     "pipeline": bench_pipeline,
     "ceiling": bench_ceiling,
     "embeddings": bench_embeddings,
     "adaptive": bench_adaptive,
     "baselines": bench_baselines,
+    "cache": bench_cache,
 }
 
 
@@ -374,7 +454,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", nargs="+", choices=list(BENCHMARKS), metavar="NAME",
                         help=f"run only these benchmarks ({', '.join(BENCHMARKS)})")
     parser.add_argument("--profile", action="store_true",
-                        help=f"profile one extra client-ceiling run with py-spy into {PROFILE_PATH.name}")
+                        help=f"profile one extra client-ceiling run with py-spy into {PROFILE_PATH.name} (and, "
+                             f"for the cache benchmark, one run into an empty cache into {CACHE_PROFILE_PATH.name})")
     parser.add_argument("--output", type=Path, default=HERE / "RESULTS.md", help="where to write the results")
     args = parser.parse_args(argv)
 

@@ -1,4 +1,4 @@
--- ai_query(endpoint, request [, modelParameters, failOnError, responseFormat, returnType, files])
+-- ai_query(endpoint, request [, modelParameters, failOnError, responseFormat, returnType, files, cache, details])
 --
 -- The Python UDF __aiquery_invoke answers JSON text; json_transform_strict turns it into the
 -- column's type. DuckDB must know that type at bind time, so it is computed here, from the
@@ -14,20 +14,25 @@ coalesce(
     CASE WHEN list_contains($EMBEDDING_ENDPOINTS, endpoint) THEN 'FLOAT[]' ELSE 'VARCHAR' END);
 
 -- failOnError => false wraps every answer with the row's error text.
-CREATE OR REPLACE TEMP MACRO __aiquery_column_type(endpoint, failOnError, responseFormat, returnType) AS
+-- details => true adds how each row went (usage, finish reason, attempts, cache, HTTP status).
+CREATE OR REPLACE TEMP MACRO __aiquery_column_type(endpoint, failOnError, responseFormat, returnType, details) AS
 CASE WHEN failOnError THEN __aiquery_answer_type(endpoint, responseFormat, returnType)
      ELSE 'STRUCT(response ' || __aiquery_answer_type(endpoint, responseFormat, returnType)
-          || ', errorMessage VARCHAR)' END;
+          || ', errorMessage VARCHAR'
+          || CASE WHEN details THEN ', details STRUCT(prompt_tokens BIGINT, completion_tokens BIGINT, '
+                                    || 'total_tokens BIGINT, finish_reason VARCHAR, attempts INTEGER, '
+                                    || 'cached BOOLEAN, status INTEGER)' ELSE '' END
+          || ')' END;
 
 CREATE OR REPLACE TEMP MACRO ai_query(endpoint, request, modelParameters := NULL, failOnError := true,
                                       responseFormat := NULL, returnType := NULL, files := NULL,
-                                      cache := NULL) AS
+                                      cache := NULL, details := false) AS
 json_transform_strict(
     -- current_query() and txid_current() tell the UDF which query a batch belongs to (for reading ahead).
     __aiquery_invoke(endpoint, to_json(request),
-                     __aiquery_options(modelParameters, failOnError, responseFormat, returnType, cache),
+                     __aiquery_options(modelParameters, failOnError, responseFormat, returnType, cache, details),
                      files, current_query(), txid_current()),
     -- nullif(endpoint, endpoint) adds nothing: it only makes DuckDB check this macro at its first use,
     -- when the arguments are known constants, instead of at CREATE time.
-    concat(to_json(__aiquery_column_type(endpoint, failOnError, responseFormat, returnType)),
+    concat(to_json(__aiquery_column_type(endpoint, failOnError, responseFormat, returnType, details)),
            nullif(endpoint, endpoint)));

@@ -1,0 +1,120 @@
+"""What requests cost: counts, token usage, latency and estimated cost, per endpoint and per query.
+
+The engine records into `Usage` objects on its loop thread: one per endpoint for the life of the
+engine, and one per endpoint for each query (kept for the last QUERY_HISTORY queries). SQL reads
+them through `aiquery_usage()` and `aiquery_query_usage()` (aiquery/sql/usage.sql).
+
+Cost is tokens times a price in USD per million tokens, from `[prices."MODEL"]` tables in the
+config file (input = ..., output = ...) over the built-in PRICES below. Prices change: the built-in
+ones are list prices noted in November 2026, for estimates only; a model with no price has a
+NULL cost, never a made-up one.
+"""
+
+from __future__ import annotations
+
+import collections
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from ._errors import AIQueryError, HTTPStatusError, OutputError, ResponseError, TransportError
+
+LATENCY_SAMPLES = 10_000  # latencies kept per Usage for the percentiles (the most recent ones)
+QUERY_HISTORY = 100       # finished queries whose usage stays readable
+
+
+@dataclass(frozen=True)
+class Price:
+    input: float   # USD per million prompt tokens
+    output: float  # USD per million completion tokens
+
+
+PRICES: dict[str, Price] = {
+    "gpt-4o-mini": Price(0.15, 0.60),
+    "gpt-4o": Price(2.50, 10.00),
+    "gpt-4.1-mini": Price(0.40, 1.60),
+    "gpt-4.1-nano": Price(0.10, 0.40),
+    "text-embedding-3-small": Price(0.02, 0.0),
+    "text-embedding-3-large": Price(0.13, 0.0),
+    # the built-in models run here: they cost nothing but time
+    "smollm2-135m-instruct": Price(0.0, 0.0),
+    "all-minilm-l6-v2": Price(0.0, 0.0),
+}
+
+
+def error_kind(exc: BaseException) -> str:
+    """A short name for what went wrong, for counting: http_429, timeout, connection, bad_response..."""
+    if isinstance(exc, HTTPStatusError):
+        return f"http_{exc.status}"
+    if isinstance(exc, TransportError):
+        return "timeout" if "within" in str(exc) else "connection"
+    if isinstance(exc, ResponseError):
+        return "bad_response"
+    if isinstance(exc, OutputError):
+        return "bad_output"
+    if isinstance(exc, AIQueryError):
+        return type(exc).__name__
+    return "other"
+
+
+@dataclass
+class Usage:
+    requests: int = 0           # HTTP requests sent (retries included)
+    answered: int = 0           # inputs answered (one per chat request, one per embedded text)
+    cache_hits: int = 0         # inputs answered from the response cache, not sent
+    retries: int = 0
+    throttled: int = 0          # 429 answers
+    errors: int = 0             # inputs that ended with an error, after retries
+    error_kinds: collections.Counter = field(default_factory=collections.Counter)
+    prompt_tokens: int = 0      # as the endpoint reported them in `usage`
+    completion_tokens: int = 0
+    latencies: collections.deque = field(default_factory=lambda: collections.deque(maxlen=LATENCY_SAMPLES))
+
+    def answer(self, inputs: int, usage: dict[str, int], seconds: float) -> None:
+        self.answered += inputs
+        self.prompt_tokens += usage.get("prompt_tokens") or 0
+        self.completion_tokens += usage.get("completion_tokens") or 0
+        self.latencies.append(seconds)
+
+    def fail(self, inputs: int, exc: BaseException) -> None:
+        self.errors += inputs
+        self.error_kinds[error_kind(exc)] += inputs
+
+    def cost(self, price: Price | None) -> float | None:
+        if price is None:
+            return None
+        return (self.prompt_tokens * price.input + self.completion_tokens * price.output) / 1e6
+
+    def row(self, price: Price | None) -> dict[str, Any]:
+        """The figures as SQL shows them."""
+        latencies = sorted(self.latencies)
+
+        def percentile(p: float) -> float | None:
+            if not latencies:
+                return None
+            return round(latencies[min(len(latencies) - 1, math.ceil(p * len(latencies)) - 1)] * 1000, 1)
+
+        return {"requests": self.requests, "answered": self.answered, "cache_hits": self.cache_hits,
+                "retries": self.retries, "throttled": self.throttled, "errors": self.errors,
+                "error_kinds": dict(self.error_kinds), "prompt_tokens": self.prompt_tokens,
+                "completion_tokens": self.completion_tokens,
+                "total_tokens": self.prompt_tokens + self.completion_tokens,
+                "latency_p50_ms": percentile(0.5), "latency_p95_ms": percentile(0.95),
+                "latency_p99_ms": percentile(0.99), "cost_usd": self.cost(price)}
+
+
+def price_of(model: str | None, prices: dict[str, Price]) -> Price | None:
+    if model is None:
+        return None
+    return prices.get(model) or PRICES.get(model)
+
+
+def endpoint_rows(engine: Any, prices: dict[str, Price]) -> list[dict[str, Any]]:
+    return [{"endpoint": name, "model": model, **usage.row(price_of(model, prices))}
+            for name, model, usage in engine.usage()]
+
+
+def query_rows(engine: Any, prices: dict[str, Price]) -> list[dict[str, Any]]:
+    return [{"query_id": query.number, "statement": query.identity[2], "started": query.started,
+             "finished": query.finished, "endpoint": name, "model": model, **usage.row(price_of(model, prices))}
+            for query, name, model, usage in engine.query_usage()]

@@ -1,0 +1,24 @@
+-- Usage figures as tables: aiquery_usage() per endpoint since the process started,
+-- aiquery_query_usage() per query (the running ones and the last 100) and endpoint.
+-- __aiquery_usage is a Python UDF (aiquery/_usage.py) answering the rows as JSON.
+
+CREATE OR REPLACE TEMP MACRO __aiquery_usage_columns() AS
+'{"requests": "BIGINT", "answered": "BIGINT", "cache_hits": "BIGINT", "retries": "BIGINT",
+  "throttled": "BIGINT", "errors": "BIGINT", "error_kinds": "MAP(VARCHAR, BIGINT)",
+  "prompt_tokens": "BIGINT", "completion_tokens": "BIGINT", "total_tokens": "BIGINT",
+  "latency_p50_ms": "DOUBLE", "latency_p95_ms": "DOUBLE", "latency_p99_ms": "DOUBLE", "cost_usd": "DOUBLE"}';
+
+CREATE OR REPLACE TEMP MACRO aiquery_usage() AS TABLE
+SELECT *
+FROM (SELECT unnest(json_transform_strict(__aiquery_usage('endpoints'),
+                    '[{"endpoint": "VARCHAR", "model": "VARCHAR", ' || __aiquery_usage_columns()[2:] || ']'),
+                    recursive := true))
+ORDER BY endpoint;
+
+CREATE OR REPLACE TEMP MACRO aiquery_query_usage() AS TABLE
+SELECT * REPLACE (to_timestamp(started) AS started, to_timestamp(finished) AS finished)
+FROM (SELECT unnest(json_transform_strict(__aiquery_usage('queries'),
+                    '[{"query_id": "BIGINT", "statement": "VARCHAR", "started": "DOUBLE", "finished": "DOUBLE", '
+                    || '"endpoint": "VARCHAR", "model": "VARCHAR", ' || __aiquery_usage_columns()[2:] || ']'),
+                    recursive := true))
+ORDER BY query_id, endpoint;
