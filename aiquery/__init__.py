@@ -9,6 +9,7 @@ from ._config import Endpoint
 from ._engine import Engine
 from ._errors import (AIQueryError, ArgumentError, ConfigError, HTTPStatusError, OutputError, QueryInterrupted,
                       RequestError, ResponseError, TransportError, UnknownEndpointError)
+from ._estimate import estimate
 from ._registration import connect, register
 from ._transport import AiohttpTransport, HttpxTransport
 
@@ -17,5 +18,5 @@ __version__ = "0.1.0"
 __all__ = [
     "AIQueryError", "AiohttpTransport", "ArgumentError", "ConfigError", "Endpoint", "Engine", "HTTPStatusError",
     "HttpxTransport", "OutputError", "QueryInterrupted", "RequestError", "ResponseError", "TransportError", "UnknownEndpointError",
-    "connect", "register",
+    "connect", "estimate", "register",
 ]

@@ -78,7 +78,7 @@ class ResponseCache:
     def __repr__(self) -> str:
         return f"<aiquery.ResponseCache {str(self.path)!r}>"
 
-    def get_many(self, keys: list[bytes]) -> dict[bytes, Answer]:
+    def get_many(self, keys: list[bytes], count_hits: bool = True) -> dict[bytes, Answer]:
         """The cached answers among `keys` (their hit counts are raised in the background)."""
         found: dict[bytes, Answer] = {}
         if self._closed:
@@ -96,7 +96,7 @@ class ResponseCache:
                                                       chunk):
                     stored = orjson.loads(blob)
                     found[key] = Answer(stored["value"], stored["usage"], stored["finish_reason"], 0, True)
-        if found:
+        if found and count_hits:
             self._submit(("hit", list(found)))
         return found
 

