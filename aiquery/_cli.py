@@ -16,6 +16,7 @@ there (DuckDB re-runs a relation every time it is shown or fetched, and a model 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 from pathlib import Path
 
@@ -26,8 +27,9 @@ from ._config import OPENAI_BASE_URL, load_endpoints
 from ._errors import AIQueryError
 from ._engine import Engine
 from ._estimate import estimate
-from ._progress import Progress
-from ._registration import connect, sql_string
+from ._progress import Progress, interactive, totals
+from ._registration import connect, registration_of, sql_string
+from ._usage import price_of
 
 RESULT_TABLE = "__aiquery_result"
 _FORMATS = {".csv": "csv", ".parquet": "parquet", ".json": "json", ".jsonl": "json", ".ndjson": "json"}
@@ -46,14 +48,17 @@ def _run(args: argparse.Namespace) -> int:
         output_format = _FORMATS.get(Path(args.output).suffix.lower())
         if output_format is None:
             raise SystemExit(f"aiquery run: --output must end in {', '.join(_FORMATS)}, got {args.output!r}")
-    con = connect(args.db, config=args.config)
+    con = connect(args.db, config=args.config, progress=False)  # the CLI shows one line per statement
+    show_progress = interactive() if args.progress is None else args.progress
+    prices = registration_of(con).prices
+    figures = lambda: totals((u, price_of(m, prices)) for _, m, u in Engine.shared().usage())  # noqa: E731
     try:
         statements = duckdb.extract_statements(sql)
         if not statements:
             raise SystemExit("aiquery run: no SQL statement given")
         has_result = False
         for statement in statements:
-            with Progress(Engine.shared(), enabled=args.progress):
+            with Progress(figures) if show_progress else contextlib.nullcontext():
                 if statement.type == duckdb.StatementType.SELECT:
                     con.execute(f"CREATE OR REPLACE TEMP TABLE {RESULT_TABLE} AS {statement.query}")
                     has_result = True

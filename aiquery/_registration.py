@@ -18,6 +18,7 @@ from ._config import load_endpoints, read_prices
 from ._datasets import dataset_path
 from ._engine import Engine
 from ._errors import ArgumentError
+from ._progress import interactive
 from ._types import ddl_to_duckdb_sql
 from ._udf import Registration, make_udf
 from ._usage import endpoint_rows, query_rows
@@ -47,12 +48,13 @@ def _statements(*files: str, embedding_endpoints: list[str] = ()) -> list[str]:
 
 def register(con: duckdb.DuckDBPyConnection, *, endpoints: Mapping[str, Any] | None = None,
              config: str | os.PathLike | None = None, engine: Engine | None = None,
-             cache: str | os.PathLike | bool = True) -> duckdb.DuckDBPyConnection:
+             cache: str | os.PathLike | bool = True, progress: bool | None = None) -> duckdb.DuckDBPyConnection:
     """Registers ai_query on `con` (replacing an earlier registration) and returns `con`.
 
     Requests go through `engine`, by default the process-wide Engine.shared(), so an endpoint's
     limits hold across every connection. Answers are kept in the response cache: `cache` is its
-    file (default: responses.sqlite3 in $AIQUERY_CACHE_DIR or the user cache directory), or False."""
+    file (default: responses.sqlite3 in $AIQUERY_CACHE_DIR or the user cache directory), or False.
+    `progress` shows each query's progress: by default in a terminal or notebook (AIQUERY_PROGRESS=0: never)."""
     if not isinstance(con, duckdb.DuckDBPyConnection):
         raise TypeError(f"register() needs a duckdb connection, got {type(con).__name__}")
     settings = load_endpoints(endpoints, config)
@@ -61,7 +63,8 @@ def register(con: duckdb.DuckDBPyConnection, *, endpoints: Mapping[str, Any] | N
     responses = None if cache is False else open_cache(None if cache is True else cache)
     prices = read_prices(config)
     engine = engine or Engine.shared()
-    registration = Registration(settings, engine, responses, prices, con, _statements("options.sql", "prefetch.sql"))
+    registration = Registration(settings, engine, responses, prices, con, _statements("options.sql", "prefetch.sql"),
+                                interactive() if progress is None else progress)
     install(con, registration)
     _registrations[con] = registration
     return con
@@ -105,11 +108,12 @@ def macro_statements(registration: Registration) -> list[str]:
 
 def connect(database: str = ":memory:", *, endpoints: Mapping[str, Any] | None = None,
             config: str | os.PathLike | None = None, engine: Engine | None = None,
-            cache: str | os.PathLike | bool = True, **duckdb_options: Any) -> duckdb.DuckDBPyConnection:
+            cache: str | os.PathLike | bool = True, progress: bool | None = None,
+            **duckdb_options: Any) -> duckdb.DuckDBPyConnection:
     """A new DuckDB connection with every aiquery SQL function registered (see register())."""
     con = duckdb.connect(database, **duckdb_options)
     try:
-        return register(con, endpoints=endpoints, config=config, engine=engine, cache=cache)
+        return register(con, endpoints=endpoints, config=config, engine=engine, cache=cache, progress=progress)
     except BaseException:
         con.close()
         raise

@@ -28,6 +28,7 @@ from ._errors import AIQueryError, ArgumentError, ConfigError, OutputError, Unkn
 from ._prefetch import Plan, Prefetcher, plan
 from ._providers import Target, resolve
 from ._types import SqlType, conform, parse_output, parse_type
+from ._progress import Progress, totals
 from ._usage import Price, price_of
 
 _FORMAT_TYPES = ("text", "json_object", "json_schema")
@@ -175,12 +176,14 @@ class Registration:
     UDF), and a cycle through DuckDB's C++ side would never be collected."""
 
     def __init__(self, endpoints: dict[str, Endpoint], engine: Engine, cache: ResponseCache | None,
-                 prices: dict[str, Price], connection: duckdb.DuckDBPyConnection, prefetch_macros: list[str]):
+                 prices: dict[str, Price], connection: duckdb.DuckDBPyConnection, prefetch_macros: list[str],
+                 progress: bool = False):
         self.endpoints = endpoints
         self.engine = engine
         self.cache = cache
         self.prices = prices
-        self.estimator: Any = None  # set by aiquery/_estimate.py on the cursor it estimates with
+        self.estimator: Any = None  # set by aiquery/_estimate.py while it estimates
+        self.progress = progress    # show each query's progress
         for endpoint in endpoints.values():
             if (endpoint.budget_usd is not None or endpoint.query_budget_usd is not None) and \
                     price_of(endpoint.model, prices) is None:
@@ -283,6 +286,10 @@ class Registration:
     def start_query(self, statement: str, txid: int, window: int) -> Query:
         """The engine's record of this query; starts reading ahead when the query allows it."""
         query, created = self.engine.query((self._token, txid, statement), window)
+        if created and self.progress:
+            figures = lambda: totals((u, price_of(model, self.prices))  # noqa: E731
+                                     for (_, model), u in list(query.usage.items()))
+            Progress(figures, done=lambda: query.finished is not None or query.stopped.is_set())
         if created and window > 0:
             planned = self._plan(statement)
             if planned is not None:

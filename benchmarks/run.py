@@ -417,6 +417,12 @@ def bench_cache(ctx: Context) -> Section:
                   for r in trials[miss]) and all(answers == rows for answers, _ in stored)
     from_file = all(all_correct(r) and r["served"] == 0 and r["requests"] == 0 and r["cache_hits"] == rows
                     for r in trials[hit]) and all(hits == rows for _, hits in stored)
+    for name in (miss, hit):
+        pairs = list(zip(trials[off], trials[name]))
+        rounds = ", ".join(f"{rows_per_s(b) / rows_per_s(a):.2f}" if rows_per_s(a) else "-" for a, b in pairs)
+        cpu = [b["cpu_seconds"] / a["cpu_seconds"] for a, b in pairs if a.get("cpu_seconds") and b.get("cpu_seconds")]
+        section.notes.append(f"{name} / cache off, round by round: rows/s {rounds}; client process CPU during the "
+                             f"query (and the wait for the cache's writes) {', '.join(f'{x:.2f}' for x in cpu)}")
     reference = f"{base:,.0f} rows/s (cache off)"
     section.lines += [
         Line(f"(a) aiquery SQL, cache off (median of {CEILING_TRIALS})", measured(runs[off]), "-", None),

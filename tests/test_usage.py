@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import duckdb
 import pytest
 
@@ -129,3 +131,23 @@ def test_details_carry_usage_finish_reason_attempts_and_cache(con, server):
     assert (again["ok"]["cached"], again["ok"]["attempts"], again["bad"]["status"]) == (True, 0, 400)
     with pytest.raises(duckdb.Error, match="details => true needs failOnError => false"):
         con.sql("SELECT ai_query('chat', 'x', details => true)").fetchall()
+
+
+def test_progress_shows_while_a_query_runs_only_when_asked(endpoints, capfd, monkeypatch):
+    monkeypatch.delenv("AIQUERY_PROGRESS", raising=False)
+    slow = {"chat": {**endpoints["chat"], "max_concurrency": 4}}
+    query = "SELECT count(ai_query('chat', 'row ' || i || ' [[sleep=0.2]] [[tokens=7,3]]')) FROM range({n}, {m}) t(i)"
+    with aiquery.connect(endpoints=slow) as con:  # not a terminal, not a notebook: nothing shown
+        con.sql(query.format(n=0, m=40)).fetchall()
+    time.sleep(3)
+    assert "ai_query" not in capfd.readouterr().err
+    with aiquery.connect(endpoints=slow, progress=True) as con:
+        con.sql(query.format(n=40, m=80)).fetchall()
+    time.sleep(3)  # the display closes once the query is over (2 s after its last batch)
+    err = capfd.readouterr().err
+    assert "ai_query: 40 answers" in err and "requests=40 retries=0 errors=0 tokens=400" in err
+    monkeypatch.setenv("AIQUERY_PROGRESS", "0")
+    with aiquery.connect(endpoints=slow) as con:
+        con.sql(query.format(n=80, m=120)).fetchall()
+    time.sleep(3)
+    assert "ai_query" not in capfd.readouterr().err
