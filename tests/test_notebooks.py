@@ -1,6 +1,7 @@
 """Every notebook under notebooks/ is executed, so none can rot; its outputs are then checked."""
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -39,3 +40,11 @@ def test_notebook_runs_and_shows_results(path):
     if path.name == "quickstart.ipynb":
         assert "accuracy" in text and "image/png" in text  # the table and the plot
         assert "local-chat:" in text and "completion tokens" in text
+    if path.name == "usage_and_cost.ipynb":
+        results = [o for cell in notebook.cells for o in cell.get("outputs", []) if o["output_type"] == "execute_result"]
+        estimate, usage, details, per_query, second = (r["data"]["text/plain"] for r in results)
+        assert "local-chat" in estimate and "smollm2-135m-instruct tokenizer" in estimate
+        assert "cost_usd" in usage and "latency_p95_ms" in usage
+        assert "finish_reason" in details
+        assert re.search(r"^1\s+2\s+CREATE .*\s0\s+40\s*$", per_query, flags=re.M), per_query  # re-run: all hits
+        assert second.split()[-2:] == ["40", "40"]
