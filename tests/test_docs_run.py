@@ -52,12 +52,14 @@ def test_readme_sql_is_copied_from_tested_files():
 
 
 def test_readme_settings_example_is_valid(tmp_path):
-    from aiquery._config import load_endpoints
+    from aiquery._config import load_endpoints, read_prices
+    from aiquery._usage import Price
 
     readme = (ROOT / "README.md").read_text()
-    (block,) = re.findall(r"```toml\n(.*?)```", readme, flags=re.S)
+    block, prices = re.findall(r"```toml\n(.*?)```", readme, flags=re.S)
     config = tmp_path / "aiquery.toml"
-    config.write_text(block)
+    config.write_text(block + "\n" + prices)
+    assert read_prices(config) == {"gpt-4o-mini": Price(0.15, 0.60)}
     endpoints = load_endpoints(config=config)
     assert {name: e.task for name, e in endpoints.items() if e.source == str(config)} == {
         "chat": "chat", "embed": "embeddings", "llama": "chat"}
