@@ -27,7 +27,8 @@ def interactive() -> bool:
     setting = os.environ.get("AIQUERY_PROGRESS")
     if setting is not None:
         return setting.strip().lower() not in ("0", "false", "no", "off", "")
-    if "ipykernel" in sys.modules:
+    ipython = sys.modules.get("IPython")  # a notebook: an IPython shell that has a kernel
+    if ipython is not None and getattr(ipython.get_ipython(), "kernel", None) is not None:
         return True
     return sys.stderr.isatty()
 
