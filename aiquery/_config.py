@@ -147,20 +147,43 @@ def make_endpoint(name: str, settings: Mapping[str, Any] | Endpoint, source: str
     return Endpoint(**settings, name=name, source=source)
 
 
-def read_config_file(path: str | os.PathLike) -> dict[str, Endpoint]:
-    """The endpoints of a TOML file's `[endpoints.NAME]` tables."""
-    path = Path(path)
+def _read_toml(path: str | os.PathLike) -> dict[str, Any]:
     try:
-        with path.open("rb") as f:
-            data = tomllib.load(f)
+        with Path(path).open("rb") as f:
+            return tomllib.load(f)
     except FileNotFoundError:
         raise ConfigError(f"config file {str(path)!r} does not exist") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"config file {str(path)!r} is not valid TOML: {exc}") from None
-    tables = data.get("endpoints", {})
+
+
+def read_config_file(path: str | os.PathLike) -> dict[str, Endpoint]:
+    """The endpoints of a TOML file's `[endpoints.NAME]` tables."""
+    tables = _read_toml(path).get("endpoints", {})
     if not isinstance(tables, dict):
         raise ConfigError(f"config file {str(path)!r}: 'endpoints' must be a table of [endpoints.NAME] tables")
     return {name: make_endpoint(name, settings, str(path)) for name, settings in tables.items()}
+
+
+ALLOWED_HOSTS_ENV = "AIQUERY_ALLOWED_HOSTS"
+
+
+def read_allowed_hosts(path: str | os.PathLike | None = None) -> list[str] | None:
+    """Host patterns requests may go to: AIQUERY_ALLOWED_HOSTS (comma-separated) and the config file's
+    top-level `allowed_hosts = [...]`, together; None when neither is set (any host)."""
+    patterns = None
+    env = os.environ.get(ALLOWED_HOSTS_ENV)
+    if env is not None:
+        patterns = [p.strip() for p in env.split(",") if p.strip()]
+    path = path if path is not None else default_config_path()
+    if path is not None:
+        listed = _read_toml(path).get("allowed_hosts")
+        if listed is not None:
+            if not isinstance(listed, list) or not all(isinstance(p, str) for p in listed):
+                raise ConfigError(f"config file {str(path)!r}: allowed_hosts must be a list of host patterns "
+                                  'like ["api.openai.com", "*.cloud.databricks.com"]')
+            patterns = (patterns or []) + listed
+    return patterns
 
 
 def read_prices(path: str | os.PathLike | None = None) -> dict[str, Price]:
@@ -168,8 +191,7 @@ def read_prices(path: str | os.PathLike | None = None) -> dict[str, Price]:
     path = path if path is not None else default_config_path()
     if path is None:
         return {}
-    with Path(path).open("rb") as f:
-        tables = tomllib.load(f).get("prices", {})
+    tables = _read_toml(path).get("prices", {})
     prices = {}
     for model, table in tables.items() if isinstance(tables, dict) else ():
         if not (isinstance(table, dict) and set(table) <= {"input", "output"} and all(

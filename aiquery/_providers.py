@@ -11,7 +11,9 @@ Both:        `Authorization: Bearer <key>`, the key read from the environment wh
 from __future__ import annotations
 
 import configparser
+import fnmatch
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote, urlsplit
@@ -44,13 +46,20 @@ def _headers(endpoint: Endpoint, key: str | None) -> dict[str, str]:
     return headers
 
 
-def resolve(endpoint: Endpoint) -> Target:
-    """The endpoint's URL and key, read now (so a key exported after connect() is still found)."""
-    if endpoint.provider == "databricks":
-        return _databricks(endpoint)
+def resolve(endpoint: Endpoint, allowed_hosts: Sequence[str] | None = None) -> Target:
+    """The endpoint's URL and key, read now (so a key exported after connect() is still found).
+
+    With `allowed_hosts` (patterns like "api.openai.com" or "*.cloud.databricks.com"), an endpoint
+    whose host matches none of them is refused before anything is sent."""
     if endpoint.provider == "local":
         return _local(endpoint)
-    return _openai(endpoint)
+    target = _databricks(endpoint) if endpoint.provider == "databricks" else _openai(endpoint)
+    if allowed_hosts is not None:
+        host = urlsplit(target.url).hostname or ""
+        if not any(fnmatch.fnmatchcase(host, pattern.lower()) for pattern in allowed_hosts):
+            raise ConfigError(f"endpoint {endpoint.name!r}: host {host!r} is not in allowed_hosts "
+                              f"({', '.join(allowed_hosts) or 'empty'}); add it there if requests may go to it")
+    return target
 
 
 def _local(endpoint: Endpoint) -> Target:

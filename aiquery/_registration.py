@@ -14,7 +14,7 @@ import orjson
 from duckdb import sqltypes
 
 from ._cache import open_cache
-from ._config import load_endpoints, read_prices
+from ._config import load_endpoints, read_allowed_hosts, read_prices
 from ._datasets import dataset_path
 from ._engine import Engine
 from ._errors import ArgumentError
@@ -65,6 +65,7 @@ def register(con: duckdb.DuckDBPyConnection, *, endpoints: Mapping[str, Any] | N
     engine = engine or Engine.shared()
     registration = Registration(settings, engine, responses, prices, con, _statements("options.sql", "prefetch.sql"),
                                 interactive() if progress is None else progress)
+    registration.allowed_hosts = read_allowed_hosts(config)
     install(con, registration)
     _registrations[con] = registration
     return con

@@ -184,6 +184,7 @@ class Registration:
         self.prices = prices
         self.estimator: Any = None  # set by aiquery/_estimate.py while it estimates
         self.progress = progress    # show each query's progress
+        self.allowed_hosts: list[str] | None = None  # host patterns requests may go to (None: any)
         for endpoint in endpoints.values():
             if (endpoint.budget_usd is not None or endpoint.query_budget_usd is not None) and \
                     price_of(endpoint.model, prices) is None:
@@ -219,7 +220,7 @@ class Registration:
         endpoint = _lookup(self.endpoints, name)
         target = self._targets.get(name)
         if target is None:  # read when first used, so a key exported after connect() is found
-            target = self._targets[name] = resolve(endpoint)
+            target = self._targets[name] = resolve(endpoint, self.allowed_hosts)
         params = self._params.get((name, options))
         if params is None:  # what every body of this endpoint and these options carries
             model = {"model": endpoint.model} if target.sends_model and endpoint.model else {}

@@ -1,5 +1,6 @@
 -- Usage figures as tables: aiquery_usage() per endpoint since the process started,
--- aiquery_query_usage() per query (the running ones and the last 100) and endpoint.
+-- aiquery_query_usage() per query (the running ones and the last 100) and endpoint: `finished` is
+-- NULL while it runs (a query counts as finished 2 s after its last batch).
 -- __aiquery_usage is a Python UDF (aiquery/_usage.py) answering the rows as JSON.
 
 CREATE OR REPLACE TEMP MACRO __aiquery_usage_columns() AS
@@ -16,7 +17,9 @@ FROM (SELECT unnest(json_transform_strict(__aiquery_usage('endpoints'),
 ORDER BY endpoint;
 
 CREATE OR REPLACE TEMP MACRO aiquery_query_usage() AS TABLE
-SELECT * REPLACE (to_timestamp(started) AS started, to_timestamp(finished) AS finished)
+-- Times are UTC TIMESTAMPs: Python reads a TIMESTAMPTZ only with pytz installed.
+SELECT * REPLACE (make_timestamp((started * 1e6)::BIGINT) AS started,
+                  make_timestamp((finished * 1e6)::BIGINT) AS finished)
 FROM (SELECT unnest(json_transform_strict(__aiquery_usage('queries'),
                     '[{"query_id": "BIGINT", "statement": "VARCHAR", "started": "DOUBLE", "finished": "DOUBLE", '
                     || '"endpoint": "VARCHAR", "model": "VARCHAR", ' || __aiquery_usage_columns()[2:] || ']'),
