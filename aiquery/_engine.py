@@ -34,7 +34,7 @@ from . import _wire
 from ._config import Endpoint
 from . import _interrupt
 from ._cache import ResponseCache
-from ._errors import AIQueryError, BudgetExceeded, HTTPStatusError, QueryInterrupted, RequestError
+from ._errors import AIQueryError, BudgetExceeded, HTTPStatusError, QueryInterrupted, RequestError, ResponseError
 from ._limits import EndpointLimits, estimate_tokens
 from ._providers import Target
 from ._retry import is_retryable_status, parse_retry_after, should_retry, wait_after
@@ -184,6 +184,7 @@ class _Runtime:
     endpoint: Endpoint
     limits: EndpointLimits
     price: Price | None = None  # for cost figures and budget_usd
+    dimension: int | None = None  # of the embedding vectors it answered
     stats: Usage = field(default_factory=Usage)
     queue: collections.deque = field(default_factory=collections.deque)
     workers: int = 0
@@ -577,6 +578,7 @@ class Engine:
                 raise _status_error(endpoint, target, response)
             if endpoint.task == "embeddings":
                 vectors, tokens = _wire.parse_embeddings(response.body, endpoint.name, len(texts))
+                _check_dimension(rt, vectors)
                 answers: list[Any] = [_wire.Answer(v, tokens if len(texts) == 1 else {}) for v in vectors]
             else:
                 answers = [_PARSERS[endpoint.task](response.body, endpoint.name)]
@@ -627,6 +629,21 @@ class Engine:
         if not work.finished:
             rt.queue.appendleft(work)  # a retry goes before rows that have not been tried yet
             self._pump(rt)
+
+
+def _check_dimension(rt: _Runtime, vectors: list[list[float]]) -> None:
+    """An endpoint's vectors must all have one dimension (the first answer's), or they cannot be compared."""
+    sizes = sorted({len(v) for v in vectors})
+    if rt.dimension is None and len(sizes) > 1:
+        raise ResponseError(f"endpoint {rt.endpoint.name!r} answered vectors of different dimensions "
+                            f"({', '.join(map(str, sizes))}) in one response", endpoint=rt.endpoint.name, status=200)
+    expected = rt.dimension or sizes[0]
+    if sizes != [expected]:
+        others = ", ".join(str(n) for n in sizes if n != expected)
+        raise ResponseError(f"endpoint {rt.endpoint.name!r} answered vectors of {others} dimensions where its "
+                            f"vectors have {expected}: check that every request goes to the same embedding model",
+                            endpoint=rt.endpoint.name, status=200)
+    rt.dimension = expected
 
 
 def _over_budget(rt: _Runtime, usages: list[Usage]) -> BudgetExceeded | None:

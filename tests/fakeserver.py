@@ -25,13 +25,12 @@ Error bodies
 
 Directives: written inside the text the client sent, they make one row misbehave. The text is the
 last user message (chat), the prompt(s) (completions), any input (embeddings, whole request), or any
-string value of the first record (custom models). Syntax [[name]] or [[name=value]], several allowed;
-they stay in the echoed content.
-    [[status=503]]              answer 503 with error message "fake error 503"; options inside the
-                                same directive: times=N (only the first N arrivals of this exact raw
-                                body fail, then it answers normally), retry_after=S (Retry-After
-                                header), retry_after_ms=N (retry-after-ms header)
-    [[html]]                    502 with an HTML page (text/html)
+string value of the first record (custom models). Syntax [[name]], [[name=value]] or, with options,
+[[name=value opt=X ...]] / [[name opt=X ...]]; several allowed; they stay in the echoed content.
+    [[status=503]]              answer 503 with error message "fake error 503"; options
+                                retry_after=S (Retry-After header), retry_after_ms=N (retry-after-ms)
+    [[html]]                    502 with an HTML page (text/html); [[html=503]] another status;
+                                the options retry_after / retry_after_ms as for status
     [[sleep=0.2]]               wait that long before answering (added to `latency`)
     [[reply=TEXT]]              chat/completion content is exactly TEXT: everything up to the LAST
                                 "]]" of the text, so TEXT may hold brackets (JSON)
@@ -44,6 +43,13 @@ they stay in the echoed content.
     [[reset]]                   connection reset, no answer at all (recorded with status 0)
     [[redirect=URL]]            307 to URL
     [[per_token_embeddings]]    embeddings: one vector per word of each input (llama.cpp's quirk)
+  Transient faults: the fault directives (status, html, sleep, malformed, nofields, empty, reset,
+  redirect) take the option times=N: only the first N arrivals of this exact raw body get the fault,
+  later ones are answered as if the directive were not there ([[status=503 times=2]],
+  [[reset times=1]], [[sleep=3 times=1]]). Arrivals are counted per directive (as written) and
+  body, when the request arrives (before its latency), so a retry sent while a slow first
+  arrival still sleeps is already the second arrival. Without times the fault is permanent.
+  Each record's `fault` names the directive that shaped its answer (None for a normal answer).
 
 Run in the foreground for benchmarks:
     python tests/fakeserver.py --port 8099 [--latency 0.1] [--max-concurrency 50] [--api-key K]
@@ -64,6 +70,7 @@ import struct
 import threading
 import time
 from dataclasses import dataclass
+from http import HTTPStatus
 from typing import Any, Callable
 
 from aiohttp import web
@@ -81,10 +88,16 @@ DATABRICKS_TASKS = {
     "input": "embeddings",
     **dict.fromkeys(("dataframe_records", "dataframe_split", "inputs", "instances"), "custom"),
 }
-DIRECTIVE = re.compile(r"\[\[(\w+)(?:=(.*?))?\]\]", re.S)
+# [[name]], [[name=value ...]] or [[name opt=X ...]]: the value is everything up to "]]".
+DIRECTIVE = re.compile(r"\[\[(\w+)(?:=(.*?)|\s+(\w+=.*?))?\]\]", re.S)
+# Directives that inject a fault, in the order they decide the answer (sleep only delays it);
+# each takes times=N. OPTIONS are the option names these directives understand.
+FAULTS = ("reset", "redirect", "html", "status", "empty", "nofields", "malformed", "sleep")
+OPTIONS = ("times", "retry_after", "retry_after_ms")
 REPLY_OPEN = "[[reply="
 REASONING_SUMMARY = {"type": "summary_text", "text": "thinking about it", "signature": "sig"}
 HTML_502 = b"<html><body><h1>502 Bad Gateway</h1></body></html>"
+HTML_PAGE = "<html><body><h1>{status} {reason}</h1></body></html>"
 NOFIELDS_OBJECT = {"chat": "chat.completion", "completions": "text_completion", "embeddings": "list"}
 
 
@@ -95,9 +108,15 @@ class Received:
     headers: dict[str, str]  # names lower-cased
     body: dict | None  # None when the body is not a JSON object
     raw: bytes
-    status: int  # status we answered; 0 while pending or when the connection was reset
+    # status we answered; 0 while pending, when the connection was reset, or when the client had
+    # hung up before the answer was ready (it timed out): the answer then reached no one
+    status: int
     arrived: float = 0.0   # time.monotonic() when the request arrived
     answered: float = 0.0  # time.monotonic() when the answer was ready (0 while pending)
+    # the fault directive that shaped the answer: "reset", "redirect", "html", "status", "empty",
+    # "nofields", "malformed", or "sleep" when a sleep directive only delayed a normal answer;
+    # None for a normal answer
+    fault: str | None = None
 
 
 class BadRequest(Exception):
@@ -116,8 +135,21 @@ def parse_directives(text: str) -> dict[str, str | None]:
         found["reply"] = text[start + len(REPLY_OPEN) : end]
         text = text[:start] + text[end + 2 :]
     for m in DIRECTIVE.finditer(text):
-        found[m[1]] = m[2]
+        found[m[1]] = m[2] if m[3] is None else m[3]
     return found
+
+
+def split_options(value: str | None) -> tuple[str | None, dict[str, str]]:
+    """A fault directive's value -> (its own value or None, {option: value}):
+    "503 times=2 retry_after=1" -> ("503", {"times": "2", "retry_after": "1"})."""
+    own, options = [], {}
+    for token in (value or "").split():
+        name, eq, option = token.partition("=")
+        if eq and name in OPTIONS:
+            options[name] = option
+        else:
+            own.append(token)
+    return " ".join(own) or None, options
 
 
 def sample_for_schema(schema: Any, root: Any = None) -> Any:
@@ -199,6 +231,23 @@ def openai_error(
     kind = "server_error" if status >= 500 else "invalid_request_error"
     body = {"error": {"message": message, "type": kind, "param": None, "code": code}}
     return web.json_response(body, status=status, headers=headers)
+
+
+def retry_headers(options: dict[str, str]) -> dict[str, str]:
+    """The Retry-After headers a fault directive's options ask for."""
+    headers = {}
+    if "retry_after" in options:
+        headers["Retry-After"] = options["retry_after"]
+    if "retry_after_ms" in options:
+        headers["retry-after-ms"] = options["retry_after_ms"]
+    return headers
+
+
+def reason(status: int) -> str:
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return "Error"
 
 
 def databricks_error(status: int, code: str, message: str) -> web.Response:
@@ -309,7 +358,7 @@ class FakeServer:
         with self._lock:
             self._requests: list[Received] = []
             self._peak = 0
-            self._failures: dict[tuple[str, str], int] = {}  # (directive, body hash) -> times failed
+            self._failures: dict[tuple[str, str], int] = {}  # (directive, body hash) -> arrivals counted
             self._ids = itertools.count(1)
 
     def bodies(self, path_suffix: str | None = None) -> list[dict]:
@@ -345,8 +394,10 @@ class FakeServer:
             raise
         if response is None:  # [[reset]] aborted the transport; aiohttp silently drops what we return
             return web.Response()
-        record.status = response.status
         record.answered = time.monotonic()
+        # aiohttp goes on running a handler whose client hung up (say, after its timeout): the
+        # answer then reaches no one, so it is not recorded as answered.
+        record.status = response.status if request.transport is not None else 0
         return response
 
     async def _route(self, request: web.Request, record: Received) -> web.StreamResponse | None:
@@ -410,15 +461,17 @@ class FakeServer:
 
         build = getattr(self, f"_{task}")
         directives = parse_directives(" ".join(self._directive_text(task, body)))
+        faults = self._faults_firing(directives, record.raw)
         try:
-            extra = float(directives.get("sleep") or 0)
+            extra = float(faults["sleep"][0] or 0) if "sleep" in faults else 0.0
         except ValueError:
             raise BadRequest(f"bad directive: [[sleep={directives['sleep']}]]") from None
+        record.fault = next(iter(faults), None)  # FAULTS order: the one that decides the answer
         delay = (self.latency(body) if callable(self.latency) else self.latency) + extra
         if delay > 0:
             await asyncio.sleep(delay)
 
-        if "reset" in directives:
+        if "reset" in faults:
             # SO_LINGER 0 makes close() send RST: the client sees a connection reset, not a clean EOF.
             transport = request.transport
             if transport is not None:  # None when the client already hung up
@@ -426,46 +479,58 @@ class FakeServer:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
                 transport.abort()
             return None
-        if "redirect" in directives:
-            return web.Response(status=307, headers={"Location": directives["redirect"] or ""})
-        if "html" in directives:
-            return web.Response(status=502, body=HTML_502, content_type="text/html")
-        if "status" in directives:
-            error = self._injected_error(directives["status"] or "", record.raw)
-            if error is not None:
-                return error
-        if "empty" in directives:
+        if "redirect" in faults:
+            return web.Response(status=307, headers={"Location": faults["redirect"][0] or ""})
+        if "html" in faults:
+            status = self._status_of("html", faults["html"][0], default=502)
+            page = HTML_502 if status == 502 else HTML_PAGE.format(status=status, reason=reason(status)).encode()
+            return web.Response(status=status, body=page, content_type="text/html",
+                                headers=retry_headers(faults["html"][1]))
+        if "status" in faults:
+            status = self._status_of("status", faults["status"][0])
+            return openai_error(status, f"fake error {status}", headers=retry_headers(faults["status"][1]))
+        if "empty" in faults:
             return web.Response(status=200, body=b"", content_type="application/json")
-        if "nofields" in directives:
+        if "nofields" in faults:
             return web.json_response({"object": NOFIELDS_OBJECT[task]} if task in NOFIELDS_OBJECT else {})
 
         payload = json.dumps(build(body, model, directives)).encode()
-        if "malformed" in directives:
+        if "malformed" in faults:
             payload = payload[: len(payload) // 2]
         return web.Response(body=payload, content_type="application/json")
 
-    def _injected_error(self, spec: str, raw: bytes) -> web.Response | None:
-        """`503 times=2 retry_after=1 retry_after_ms=500` -> error response, or None once exhausted."""
+    def _faults_firing(self, directives: dict, raw: bytes) -> dict[str, tuple[str | None, dict[str, str]]]:
+        """The fault directives that apply to this arrival, in FAULTS order: name -> (value, options).
+        One with times=N counts this arrival (per directive as written and body) and applies while
+        the count is at most N."""
+        firing = {}
+        digest = None
+        for name in FAULTS:
+            if name not in directives:
+                continue
+            value, options = split_options(directives[name])
+            if "times" in options:
+                try:
+                    times = int(options["times"])
+                except ValueError:
+                    written = f"{name}={directives[name]}" if value is not None else f"{name} {directives[name]}"
+                    raise BadRequest(f"bad directive: [[{written}]]") from None
+                digest = digest or hashlib.sha256(raw).hexdigest()
+                key = (f"{name}={directives[name]}", digest)
+                with self._lock:
+                    failed = self._failures.get(key, 0)
+                    if failed >= times:
+                        continue
+                    self._failures[key] = failed + 1
+            firing[name] = (value, options)
+        return firing
+
+    @staticmethod
+    def _status_of(name: str, value: str | None, default: int | None = None) -> int:
         try:
-            code, *options = spec.split()
-            opts = dict(o.split("=", 1) for o in options)
-            status = int(code)
-            times = int(opts["times"]) if "times" in opts else None
-        except ValueError:
-            raise BadRequest(f"bad directive: [[status={spec}]]") from None
-        if times is not None:
-            key = (spec, hashlib.sha256(raw).hexdigest())
-            with self._lock:
-                failed = self._failures.get(key, 0)
-                if failed >= times:
-                    return None
-                self._failures[key] = failed + 1
-        headers = {}
-        if "retry_after" in opts:
-            headers["Retry-After"] = opts["retry_after"]
-        if "retry_after_ms" in opts:
-            headers["retry-after-ms"] = opts["retry_after_ms"]
-        return openai_error(status, f"fake error {status}", headers=headers)
+            return int(value) if value is not None or default is None else default
+        except (TypeError, ValueError):
+            raise BadRequest(f"bad directive: [[{name}={value}]]") from None
 
     @staticmethod
     def _directive_text(task: str, body: dict) -> list[str]:

@@ -10,7 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import pytest
 
-from fakeserver import FakeServer, parse_directives, sample_for_schema
+from fakeserver import FakeServer, parse_directives, sample_for_schema, split_options
 
 # One shared client: creating one per request (httpx.post) costs ~20 ms of TLS setup each time.
 http = httpx.Client(timeout=5)
@@ -204,6 +204,10 @@ def test_parse_directives():
     text = 'a [[sleep=0.1]] [[reasoning]] [[reply={"x": [[1], [2]]}]] tail'
     assert parse_directives(text) == {"sleep": "0.1", "reasoning": None, "reply": '{"x": [[1], [2]]}'}
     assert parse_directives("[[status=503 times=2]]") == {"status": "503 times=2"}
+    assert parse_directives("[[reset times=1]] [[sleep=3 times=1]]") == {"reset": "times=1", "sleep": "3 times=1"}
+    assert split_options("503 times=2 retry_after=1") == ("503", {"times": "2", "retry_after": "1"})
+    assert split_options("times=1") == (None, {"times": "1"}) and split_options(None) == (None, {})
+    assert parse_directives("[[not a directive]] [[neither ]]") == {}
     assert parse_directives("no directives [[ here") == {}
 
 
@@ -219,6 +223,91 @@ def test_status_times_then_success_with_retry_headers():
         assert chat(s, text, model="other").status_code == 503
         assert chat(s, "[[status=429]]").status_code == chat(s, "[[status=429]]").status_code == 429
         assert [r.status for r in s.requests] == [503, 503, 200, 503, 429, 429]
+
+
+def test_every_fault_directive_can_be_transient():
+    with FakeServer() as s:
+        def statuses(text, n=3, client=http):
+            out = []
+            for _ in range(n):
+                try:
+                    out.append(client.post(s.openai_base + "/chat/completions",
+                                           json={"model": "m", "messages": [{"role": "user", "content": text}]}))
+                except httpx.TransportError as exc:
+                    out.append(exc)
+            return out
+
+        html = statuses("a [[html times=2]]")
+        assert [r.status_code for r in html] == [502, 502, 200]
+        assert html[0].text == "<html><body><h1>502 Bad Gateway</h1></body></html>"
+        assert html[2].json()["choices"][0]["message"]["content"] == "echo: a [[html times=2]]"
+
+        page = statuses("b [[html=503 times=1 retry_after=2]]", 2)
+        assert [r.status_code for r in page] == [503, 200]
+        assert page[0].headers["content-type"].startswith("text/html") and page[0].headers["retry-after"] == "2"
+        assert "503 Service Unavailable" in page[0].text
+
+        malformed = statuses("c [[malformed times=1]]", 2)
+        with pytest.raises(json.JSONDecodeError):
+            malformed[0].json()
+        assert malformed[1].json()["choices"][0]["message"]["content"] == "echo: c [[malformed times=1]]"
+
+        nofields = statuses("d [[nofields times=1]]", 2)
+        assert nofields[0].json() == {"object": "chat.completion"} and "choices" in nofields[1].json()
+
+        empty = statuses("e [[empty times=1]]", 2)
+        assert empty[0].content == b"" and "choices" in empty[1].json()
+
+        reset = statuses("f [[reset times=1]]", 2)
+        assert isinstance(reset[0], httpx.TransportError) and reset[1].status_code == 200
+
+        assert [r.status_code for r in statuses("g [[redirect=http://127.0.0.1:1/x times=1]]", 2)] == [307, 200]
+        # without times a fault stays: the permanent forms are unchanged
+        assert [r.status_code for r in statuses("h [[html]] [[status=500]]", 2)] == [502, 502]
+
+        # fault records: which directive shaped each answer (None for a normal one)
+        faults = [(r.fault, r.status) for r in s.requests]
+        assert faults[:3] == [("html", 502), ("html", 502), (None, 200)]
+        assert ("malformed", 200) in faults and ("nofields", 200) in faults and ("reset", 0) in faults
+        assert ("redirect", 307) in faults and faults[-2:] == [("html", 502), ("html", 502)]
+
+
+def test_a_transient_sleep_answers_a_retry_at_once_and_a_hung_up_client_is_not_answered():
+    with FakeServer() as s:
+        text = "slow [[sleep=1 times=1]]"
+        impatient = httpx.Client(timeout=0.3)
+        with pytest.raises(httpx.TimeoutException):
+            chat_with(impatient, s, text)
+        t0 = time.perf_counter()
+        assert chat_with(impatient, s, text).status_code == 200  # the second arrival does not sleep
+        assert time.perf_counter() - t0 < 0.3
+        time.sleep(1.0)  # the first handler finishes its sleep, with no one left to answer
+        first, second = s.requests
+        assert (first.fault, first.status) == ("sleep", 0) and (second.fault, second.status) == (None, 200)
+        impatient.close()
+
+
+def test_times_counts_arrivals_per_directive_and_body():
+    with FakeServer() as s:
+        # two transient faults on one body: each counts every arrival, the first in FAULTS order wins
+        text = "x [[status=503 times=2]] [[reset times=1]]"
+        outcomes = []
+        for _ in range(3):
+            try:
+                outcomes.append(chat(s, text).status_code)
+            except httpx.TransportError:
+                outcomes.append("reset")
+        assert outcomes == ["reset", 503, 200]
+        assert [r.fault for r in s.requests] == ["reset", "status", None]
+        with pytest.raises(httpx.TransportError):  # another body is counted afresh
+            chat(s, text, model="other")
+        bad = chat(s, "y [[reset times=x]]")
+        assert bad.status_code == 400 and "bad directive: [[reset times=x]]" in bad.json()["error"]["message"]
+
+
+def chat_with(client: httpx.Client, s: FakeServer, content: str) -> httpx.Response:
+    return client.post(s.openai_base + "/chat/completions",
+                       json={"model": "m", "messages": [{"role": "user", "content": content}]})
 
 
 def test_reply_finish_tokens_and_reasoning():
