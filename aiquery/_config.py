@@ -202,6 +202,29 @@ def read_prices(path: str | os.PathLike | None = None) -> dict[str, Price]:
     return prices
 
 
+DEFAULT_CHAT_ENDPOINT = "local-chat"
+DEFAULT_EMBEDDING_ENDPOINT = "local-embed"
+
+
+def read_default_endpoints(path: str | os.PathLike | None = None) -> dict[str, str]:
+    """The endpoints the task functions (ai_gen, ai_classify, ai_similarity, ...) use when not told:
+    the config file's top-level `default_chat_endpoint` / `default_embedding_endpoint`, else the
+    built-in local-chat / local-embed. Keys: "chat" and "embeddings"."""
+    defaults = {"chat": DEFAULT_CHAT_ENDPOINT, "embeddings": DEFAULT_EMBEDDING_ENDPOINT}
+    path = path if path is not None else default_config_path()
+    if path is None:
+        return defaults
+    table = _read_toml(path)
+    for task, key in (("chat", "default_chat_endpoint"), ("embeddings", "default_embedding_endpoint")):
+        name = table.get(key)
+        if name is None:
+            continue
+        if not isinstance(name, str) or not name:
+            raise ConfigError(f"config file {str(path)!r}: {key} must be the name of an endpoint, got {name!r}")
+        defaults[task] = name
+    return defaults
+
+
 def default_config_path() -> Path | None:
     """AIQUERY_CONFIG if set (it must exist), else ./aiquery.toml when present."""
     named = os.environ.get(CONFIG_ENV)

@@ -14,10 +14,11 @@ import orjson
 from duckdb import sqltypes
 
 from ._cache import open_cache
-from ._config import load_endpoints, read_allowed_hosts, read_prices
+from ._config import (DEFAULT_CHAT_ENDPOINT, DEFAULT_EMBEDDING_ENDPOINT, load_endpoints, read_allowed_hosts,
+                      read_default_endpoints, read_prices)
 from ._datasets import dataset_path
 from ._engine import Engine
-from ._errors import ArgumentError
+from ._errors import ArgumentError, ConfigError
 from ._progress import interactive
 from ._types import ddl_to_duckdb_sql
 from ._udf import Registration, make_udf
@@ -36,12 +37,17 @@ def sql_string(value: str) -> str:
     return "'" + value.replace("'", "''") + "'"
 
 
-def _statements(*files: str, embedding_endpoints: list[str] = ()) -> list[str]:
+def _statements(*files: str, embedding_endpoints: list[str] = (),
+                default_endpoints: Mapping[str, str] | None = None) -> list[str]:
     """The SQL files under aiquery/sql/, placeholders filled in, one statement each."""
     text = "\n".join(resources.files("aiquery").joinpath(f"sql/{name}").read_text() for name in files)
     text = "\n".join(line for line in text.splitlines() if not line.lstrip().startswith("--"))
     names = "[" + ", ".join(sql_string(n) for n in sorted(embedding_endpoints)) + "]::VARCHAR[]"
     text = text.replace("$EMBEDDING_ENDPOINTS", names)
+    defaults = default_endpoints or {}
+    text = text.replace("$DEFAULT_CHAT_ENDPOINT", sql_string(defaults.get("chat", DEFAULT_CHAT_ENDPOINT)))
+    text = text.replace("$DEFAULT_EMBEDDING_ENDPOINT",
+                        sql_string(defaults.get("embeddings", DEFAULT_EMBEDDING_ENDPOINT)))
     text = re.sub(r"\$DDL\(([^)]*)\)", lambda m: ddl_to_duckdb_sql(m.group(1)), text)
     return [s.strip() for s in text.split(";") if s.strip()]
 
@@ -66,9 +72,21 @@ def register(con: duckdb.DuckDBPyConnection, *, endpoints: Mapping[str, Any] | N
     registration = Registration(settings, engine, responses, prices, con, _statements("options.sql", "prefetch.sql"),
                                 interactive() if progress is None else progress)
     registration.allowed_hosts = read_allowed_hosts(config)
+    registration.default_endpoints = _checked_defaults(read_default_endpoints(config), settings)
     install(con, registration)
     _registrations[con] = registration
     return con
+
+
+def _checked_defaults(defaults: dict[str, str], settings: Mapping[str, Any]) -> dict[str, str]:
+    """The task functions' default endpoints; one registered with another task is a ConfigError.
+    (One not registered at all fails when a function uses it, naming the registered endpoints.)"""
+    for task, name in defaults.items():
+        endpoint = settings.get(name)
+        if endpoint is not None and endpoint.task != task:
+            key = "default_chat_endpoint" if task == "chat" else "default_embedding_endpoint"
+            raise ConfigError(f"{key} = {name!r} names a {endpoint.task} endpoint; it must be a {task} endpoint")
+    return defaults
 
 
 def registration_of(con: duckdb.DuckDBPyConnection) -> Registration:
@@ -104,7 +122,8 @@ def install(con: duckdb.DuckDBPyConnection, registration: Registration) -> None:
 def macro_statements(registration: Registration) -> list[str]:
     """The TEMP macros of aiquery's SQL functions (each connection or cursor needs its own)."""
     embedding = [name for name, e in registration.endpoints.items() if e.task == "embeddings"]
-    return _statements("options.sql", "ai_query.sql", "usage.sql", embedding_endpoints=embedding)
+    return _statements("options.sql", "ai_query.sql", "usage.sql", "functions.sql", embedding_endpoints=embedding,
+                       default_endpoints=getattr(registration, "default_endpoints", None))
 
 
 def connect(database: str = ":memory:", *, endpoints: Mapping[str, Any] | None = None,

@@ -131,19 +131,57 @@ def _call(endpoint: Endpoint, target: Target, request: Any, options: Options, pa
     return Call(endpoint, target, body)
 
 
+def _allowed(schema: Any) -> list | None:
+    """The values a property schema allows when it lists them (`enum`), else None."""
+    enum = schema.get("enum") if isinstance(schema, dict) else None
+    return enum if isinstance(enum, list) else None
+
+
+def _check_enums(value: Any, response_format: dict[str, Any] | None) -> None:
+    """A json_schema responseFormat's top-level properties with an `enum` (or array items with one)
+    hold only the values listed: an answer (`value`, parsed) outside them is an OutputError, never
+    coerced. ai_classify and ai_analyze_sentiment rely on this."""
+    if not response_format or response_format.get("type") != "json_schema":
+        return
+    schema = (response_format.get("json_schema") or {}).get("schema")
+    properties = schema.get("properties") if isinstance(schema, dict) else None
+    if not isinstance(properties, dict):
+        return
+    answer = value
+    if not isinstance(answer, dict):
+        return
+    for name, prop in properties.items():
+        if name not in answer or not isinstance(prop, dict):
+            continue
+        got = answer[name]
+        allowed, items = _allowed(prop), _allowed(prop.get("items"))
+        if allowed is not None and got not in allowed:
+            raise OutputError(f"the answer's {name!r} is {got!r}, not one of the allowed values "
+                              f"{json.dumps(allowed, ensure_ascii=False)}")
+        if items is not None and isinstance(got, list):
+            for item in got:
+                if item not in items:
+                    raise OutputError(f"the answer's {name!r} holds {item!r}, not one of the allowed values "
+                                      f"{json.dumps(items, ensure_ascii=False)}")
+
+
 def _value(endpoint: Endpoint, answer: _wire.Answer, options: Options) -> Any:
     """The answer as a JSON-ready value of the column's type."""
     value = answer.value
     try:
         if options.output_type is not None:
             if isinstance(value, str):
-                return parse_output(value, options.output_type)
-            return conform(value, options.output_type)
+                converted = parse_output(value, options.output_type)
+            else:
+                converted = conform(value, options.output_type)
+            _check_enums(converted, options.response_format)
+            return converted
         if options.expects_json:
             try:
-                json.loads(value)
+                parsed = json.loads(value)
             except ValueError:
                 raise OutputError(f"the answer is not the JSON responseFormat asked for: {value[:200]!r}") from None
+            _check_enums(parsed, options.response_format)
     except OutputError as exc:
         cut = (" The answer was cut off at the token limit (finish_reason 'length'): raise max_tokens."
                if answer.finish_reason == "length" else "")
