@@ -43,6 +43,7 @@ string value of the first record (custom models). Syntax [[name]], [[name=value]
     [[reset]]                   connection reset, no answer at all (recorded with status 0)
     [[redirect=URL]]            307 to URL
     [[per_token_embeddings]]    embeddings: one vector per word of each input (llama.cpp's quirk)
+    [[dims=N]]                  embeddings: vectors of N dimensions instead of the server's embedding_dim
   Transient faults: the fault directives (status, html, sleep, malformed, nofields, empty, reset,
   redirect) take the option times=N: only the first N arrivals of this exact raw body get the fault,
   later ones are answered as if the directive were not there ([[status=503 times=2]],
@@ -617,7 +618,7 @@ class FakeServer:
         if "per_token_embeddings" in directives:
             vectors: list = [[embed(w, self.embedding_dim) for w in (t.split() or [t])] for t in inputs]
         else:
-            vectors = [embed(t, self.embedding_dim) for t in inputs]
+            vectors = [embed(t, int(directives.get("dims") or self.embedding_dim)) for t in inputs]
         usage = self._usage(sum(map(words, inputs)), 0, directives)
         return {
             "object": "list",
