@@ -1,6 +1,11 @@
 """When to try a request again, and how long to wait first.
 
-Retried: 408, 409, 429, 5xx, timeouts and connection errors (RequestError.retryable), nothing else.
+Retried: what RequestError.retryable says, nothing else. That is 408, 409, 429 and 5xx answers
+(is_retryable_status), timeouts and connection errors (aiquery/_transport.py), and a 2xx whose body
+is empty or not JSON, such as one cut short (aiquery/_wire.py). A 2xx that is JSON but lacks the
+answer's fields is not retried: a server that answers so tends to answer the same again, and each
+try may be billed.
+
 The wait honours the server's Retry-After (retry-after-ms, seconds, or an HTTP date), capped at
 MAX_RETRY_AFTER; otherwise capped exponential backoff with full jitter. Bounded by attempts AND by
 total time. The engine queues a failed request again after the wait (its sleep is injectable, so

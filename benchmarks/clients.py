@@ -64,8 +64,8 @@ def run_aiquery(base_url: str, *, rows: int, endpoint: dict, call: str, check: s
     `cache` is False (no response cache: every run sends every row, as a re-run would otherwise be
     all hits) or the path of a cache file. With a file, once the query is timed the process waits
     until every answer and hit count is committed (the cache's writer thread would otherwise die
-    with the process) and adds "flush_seconds", that wait. Every result also has "requests" and
-    "cache_hits", the engine's own counts, and "cpu_seconds": the CPU time of this process (all its
+    with the process) and adds "flush_seconds", that wait. Every result also has "requests",
+    "cache_hits", "retries", "throttled" and "errors", the engine's own counts, and "cpu_seconds": the CPU time of this process (all its
     threads; not the HTTP child process) during the query and that wait.
     """
     import aiquery
@@ -109,6 +109,6 @@ def run_aiquery(base_url: str, *, rows: int, endpoint: dict, call: str, check: s
         cpu_seconds += time.process_time() - cpu_start
     result["cpu_seconds"] = cpu_seconds
     stats = aiquery.Engine.shared().stats().values()
-    result["requests"] = sum(s.requests for s in stats)
-    result["cache_hits"] = sum(s.cache_hits for s in stats)
+    for figure in ("requests", "cache_hits", "retries", "throttled", "errors"):
+        result[figure] = sum(getattr(s, figure) for s in stats)
     return result

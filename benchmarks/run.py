@@ -2,7 +2,7 @@
 
     python benchmarks/run.py [--quick] [--only NAME ...] [--profile] [--output PATH]
 
-Names: pipeline, ceiling, embeddings, adaptive, baselines, cache (see benchmarks/README.md). Targets are
+Names: pipeline, ceiling, embeddings, adaptive, baselines, cache, faults (see benchmarks/README.md). Targets are
 reported, never asserted: a missed target is a result, and the command still exits 0.
 """
 
@@ -29,6 +29,8 @@ from clients import isolated, run_aiquery
 from report import Line, Section
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent / "tests"))
+import faultmix  # noqa: E402  (tests/faultmix.py: the fault mix tests/test_faults.py sends too)
 
 SLOTS = 256                   # benchmarks 1, 2, 5: the client's max_concurrency and the ideal's slots
 EMBED_CONCURRENCY = 32
@@ -48,6 +50,17 @@ TARGET_BATCHING = 10.0
 TARGET_ADAPTIVE = 0.85
 TARGET_429_FRACTION = 0.05
 
+# Benchmark 7: the fault mix against a fixed-latency server, and the same rows without faults.
+FAULT_LATENCY_S = 0.2
+FAULT_TIMEOUT_S = 1.0   # the endpoint's timeout...
+FAULT_SLOW_S = 3.0      # ...and how long the `timeout` rows' first arrival sleeps
+FAULT_MAX_ATTEMPTS = 4
+FAULT_ENDPOINT = {"max_concurrency": SLOTS, "timeout": FAULT_TIMEOUT_S, "max_attempts": FAULT_MAX_ATTEMPTS,
+                  "max_retry_time": 30.0}
+FAULT_TRIALS = 3
+FAULT_RUN_LIMIT = 8     # a fault-mix run is stopped after this many times the fault-free run's time
+TARGET_FAULT_RATIO = 1.5
+
 PROFILE_PATH = HERE / "profile-client-ceiling.txt"
 CACHE_PROFILE_PATH = HERE / "profile-client-cache.txt"
 CACHE_FILE = "responses.sqlite3"
@@ -60,10 +73,13 @@ class Sizes:
     embedding_rows: int
     adaptive_rows: int
     naive_rows: int      # baseline (b): one blocking request at a time, so only a few hundred
+    fault_rows: int
 
 
-FULL = Sizes(pipeline_rows=20_000, ceiling_rows=20_000, embedding_rows=5_000, adaptive_rows=5_000, naive_rows=300)
-QUICK = Sizes(pipeline_rows=2_000, ceiling_rows=5_000, embedding_rows=1_000, adaptive_rows=1_000, naive_rows=16)
+FULL = Sizes(pipeline_rows=20_000, ceiling_rows=20_000, embedding_rows=5_000, adaptive_rows=5_000, naive_rows=300,
+             fault_rows=20_000)
+QUICK = Sizes(pipeline_rows=2_000, ceiling_rows=5_000, embedding_rows=1_000, adaptive_rows=1_000, naive_rows=16,
+              fault_rows=5_000)
 
 
 @dataclass
@@ -444,6 +460,121 @@ def cache_contents(path: Path) -> tuple[int, int]:
     return answers, hits
 
 
+def bench_faults(ctx: Context) -> Section:
+    """7. The fault mix of tests/test_faults.py against the same rows without faults, alternating."""
+    rows = ctx.sizes.fault_rows
+    mix = faultmix.fault_mix(FAULT_SLOW_S)
+    section = Section(f"7. Fault mix: {rows:,} rows, C = {SLOTS}, latency {FAULT_LATENCY_S:g} s, "
+                      f"timeout {FAULT_TIMEOUT_S:g} s")
+    planned = planned_faults(mix, rows)
+    section.notes.append("faults planned (rows): " + ", ".join(f"{kind} {n:,}" for kind, n in planned.items()))
+    expected_retries = sum(n * fault_retries(fault) for fault, n in zip(mix, planned.values()))
+    expected_errors = sum(n for fault, n in zip(mix, planned.values()) if fault.fails)
+    directive = faultmix.directive_sql(mix, "id")
+    workloads_ = {
+        "fault-free": {"endpoint": FAULT_ENDPOINT, "call": "ai_query('ai', prompt, failOnError => false)",
+                       "check": "answer.errorMessage IS NULL AND answer.response = 'echo: row ' || id"},
+        "fault mix": {"endpoint": FAULT_ENDPOINT, "call": f"ai_query('ai', prompt || {directive}, failOnError => false)",
+                      "check": f"CASE WHEN {faultmix.fails_sql(mix, 'id')} "
+                               "THEN answer.response IS NULL AND answer.errorMessage LIKE 'endpoint ''ai''%' "
+                               f"ELSE answer.errorMessage IS NULL AND answer.response = 'echo: row ' || id || {directive} "
+                               "END"},
+    }
+    ideal_s = workloads.ideal_makespan([FAULT_LATENCY_S] * rows, SLOTS)
+    trials: dict[str, list[dict]] = {"fault-free": [], "fault mix": []}
+    with servers.FakeServerProcess({"kind": "faults", "seconds": FAULT_LATENCY_S}) as server:
+        for round_ in range(FAULT_TRIALS):
+            order = list(workloads_) if round_ % 2 == 0 else list(reversed(workloads_))  # alternate who goes first
+            for name in order:
+                free = [r["seconds"] for r in trials["fault-free"] if "error" not in r]
+                limit = (max(60.0, FAULT_RUN_LIMIT * sorted(free)[len(free) // 2]) if name == "fault mix" and free
+                         else max(120.0, 10 * ideal_s))
+                server.reset()
+                result = isolated(run_aiquery, dict(workloads_[name], base_url=server.openai_base, rows=rows),
+                                  timeout=limit)
+                stats = server.stats()
+                if "seconds" not in result:  # timed out: how far it got, and how long it would take at that rate
+                    result.update(seconds=limit, timed_out=True, ok_rows=None, rows=rows)
+                trials[name].append(result)
+                section.notes += fault_run_notes(f"round {round_ + 1}, {name}", result, stats, rows)
+            if any(r.get("timed_out") for r in trials["fault mix"]):
+                section.notes.append(f"stopped after round {round_ + 1}: a fault-mix run did not finish within "
+                                     f"{FAULT_RUN_LIMIT}x the fault-free time")
+                break
+    free_run, mix_run = (median_by_seconds(trials[name]) for name in workloads_)
+    ratio = mix_run["seconds"] / free_run["seconds"] if free_run.get("seconds") else None
+    correct = (all(all_correct(r) for r in trials["fault-free"]) and all(all_correct(r) for r in trials["fault mix"])
+               and not any(r.get("answered_twice") for r in trials["fault mix"]))
+    n = len(trials["fault mix"])
+    stopped = "; stopped, so the ratio is a lower bound" if mix_run.get("timed_out") else ""
+    section.lines += [
+        Line(f"fault-free: aiquery SQL, native table (median of {len(trials['fault-free'])})", measured(free_run),
+             f"ideal {ideal_s:.1f} s", efficiency(ideal_s, free_run)),
+        Line(f"fault mix: the same rows with the faults (median of {n}{stopped})",
+             fault_measured(mix_run), f"{free_run['seconds']:.1f} s fault-free", ratio,
+             f"<= {TARGET_FAULT_RATIO:.2f}", ratio is not None and ratio <= TARGET_FAULT_RATIO and correct),
+    ]
+    section.notes.append(f"expected in each fault-mix run: {rows + expected_retries:,} requests, {expected_retries:,} "
+                         f"retries, {expected_errors:,} rows ending in an error (the permanent 5xx after "
+                         f"{FAULT_MAX_ATTEMPTS} attempts, the 200s without choices after 1); more retries only if a "
+                         f"request took longer than the {FAULT_TIMEOUT_S:g} s timeout by accident")
+    return section
+
+
+def planned_faults(mix: list, rows: int) -> dict[str, int]:
+    """Rows of each fault kind, in the mix's order, counted by DuckDB's own hash()."""
+    import duckdb
+
+    with duckdb.connect() as con:
+        counts = dict(con.execute(f"SELECT kind, count(*) FROM (SELECT {faultmix.kind_sql(mix, 'i')} AS kind "
+                                  f"FROM range({int(rows)}) t(i)) GROUP BY kind").fetchall())
+    return {fault.kind: counts.get(fault.kind, 0) for fault in mix}
+
+
+def fault_retries(fault) -> int:
+    """Retries a row of this fault kind takes when nothing else goes wrong."""
+    if fault.faulted is None:
+        return FAULT_MAX_ATTEMPTS - 1
+    return fault.faulted if fault.retried else 0
+
+
+def median_by_seconds(results: list[dict]) -> dict:
+    return sorted(results, key=lambda r: r["seconds"])[len(results) // 2]
+
+
+def fault_measured(result: dict) -> str:
+    if not result.get("timed_out"):
+        return measured(result)
+    return (f"did not finish within {result['seconds']:.0f} s: {result['progress']:,} rows answered, "
+            f"about {result['projected']:.0f} s at that rate")
+
+
+def fault_run_notes(name: str, result: dict, stats: dict, rows: int) -> list[str]:
+    """What the client and the server counted in one run, and whether every row came back right."""
+    if result.get("timed_out"):
+        answered = stats["rows_answered"]
+        result["progress"] = answered
+        result["projected"] = result["seconds"] * rows / answered if answered else float("inf")
+    result["answered_twice"] = stats["rows_answered_twice"]
+    statuses = ", ".join(f"{n:,} x {s}" for s, n in sorted(stats["statuses"].items()))
+    faults = ", ".join(f"{n:,} {kind}" for kind, n in sorted(stats["faults"].items())) or "none"
+    notes = []
+    if "error" in result and not result.get("timed_out"):
+        notes.append(f"{name}: ERROR {result['error']}")
+    seconds = result["seconds"]
+    line = (f"{name}: {seconds:.1f} s; " + (f"{result['ok_rows']:,} of {rows:,} rows came back right; "
+                                              if result.get("ok_rows") is not None else
+                                              f"stopped, {stats['rows_answered']:,} rows answered by then; ")
+            + f"server got {stats['requests']:,} requests ({statuses}), answered with a fault: {faults}; "
+            f"rows answered twice: {stats['rows_answered_twice']}; requests in flight at the server on average: "
+            f"{stats['busy_seconds'] / seconds:.1f}")
+    if "requests" in result:
+        line += (f"; aiquery counted {result['requests']:,} requests, {result['retries']:,} retries "
+                 f"({result['throttled']:,} answers were 429), {result['errors']:,} rows with an error")
+    notes.append(line)
+    return notes
+
+
 BENCHMARKS: dict[str, Callable[[Context], Section]] = {
     "pipeline": bench_pipeline,
     "ceiling": bench_ceiling,
@@ -451,6 +582,7 @@ BENCHMARKS: dict[str, Callable[[Context], Section]] = {
     "adaptive": bench_adaptive,
     "baselines": bench_baselines,
     "cache": bench_cache,
+    "faults": bench_faults,
 }
 
 

@@ -71,9 +71,17 @@ class TimedFakeServer(FakeServer):
         row_ids = [workloads.chat_row_id(r.body) for r in requests if r.body is not None]
         inputs = [r.body.get("input") for r in requests if r.body is not None and "input" in r.body]
         lags = list(self.lags)
+        good = collections.Counter(workloads.chat_row_id(r.body) for r in requests
+                                   if r.body is not None and r.status == 200 and r.fault is None)
         return {
             "requests": len(requests),
             "statuses": dict(collections.Counter(str(r.status) for r in requests)),
+            # fault directives that shaped answers (fakeserver.Received.fault), and rows given a good answer
+            "faults": dict(collections.Counter(r.fault for r in requests if r.fault is not None)),
+            "rows_answered": len(good),
+            "rows_answered_twice": sum(n > 1 for n in good.values()),
+            # seconds requests spent in the server, summed: / the run's time = mean requests in flight
+            "busy_seconds": sum((r.answered or time.monotonic()) - r.arrived for r in requests if r.arrived),
             "peak_in_flight": self.peak_in_flight,
             "rows_seen": len({i for i in row_ids if i is not None}),
             "embedding_inputs": sum(len(i) if isinstance(i, list) else 1 for i in inputs),

@@ -59,7 +59,9 @@ def latency_model(spec: dict) -> Callable[[dict], float]:
     """The fake server's latency callable (request body -> seconds) described by `spec`.
 
     `{"kind": "rows", "seed": S}`: row_latency(S, N) for the chat prompt `row N`;
-    `{"kind": "fixed", "seconds": L}`; `{"kind": "embeddings"}`: EMBED_BASE_S + EMBED_PER_INPUT_S per input.
+    `{"kind": "fixed", "seconds": L}`; `{"kind": "embeddings"}`: EMBED_BASE_S + EMBED_PER_INPUT_S per input;
+    `{"kind": "faults", "seconds": L}`: L, except 0 for a chat prompt with a 429 directive: a rate
+    limiter refuses at once, before any model runs.
     """
     kind = spec["kind"]
     if kind == "rows":
@@ -72,6 +74,14 @@ def latency_model(spec: dict) -> Callable[[dict], float]:
     if kind == "fixed":
         seconds = float(spec["seconds"])
         return lambda body: seconds
+    if kind == "faults":
+        seconds = float(spec["seconds"])
+
+        def faults(body: dict) -> float:
+            messages = body.get("messages") or []
+            content = messages[-1].get("content") if messages else None
+            return 0.0 if isinstance(content, str) and "[[status=429" in content else seconds
+        return faults
     if kind == "embeddings":
         def embeddings(body: dict) -> float:
             inputs = body.get("input")
