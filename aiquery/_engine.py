@@ -34,7 +34,7 @@ from . import _wire
 from ._config import Endpoint
 from . import _interrupt
 from ._cache import ResponseCache
-from ._errors import AIQueryError, BudgetExceeded, HTTPStatusError, QueryInterrupted, RequestError, ResponseError
+from ._errors import AIQueryError, BudgetExceeded, HTTPStatusError, QueryInterrupted, ResponseError
 from ._limits import EndpointLimits, estimate_tokens
 from ._providers import Target
 from ._retry import is_retryable_status, parse_retry_after, should_retry, wait_after
@@ -342,7 +342,7 @@ class Engine:
         self._finalizer()
 
     # -- loop side ---------------------------------------------------------------------------
-    def _runtime(self, endpoint: Endpoint, target: Target, price: Price | None = None) -> _Runtime:
+    def _runtime(self, endpoint: Endpoint, target: Target, price: Price | None) -> _Runtime:
         identity = (target.url, endpoint.model)
         rt = self._runtimes.get(identity)
         if rt is None:
