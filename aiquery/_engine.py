@@ -121,6 +121,7 @@ class Query:
     udf_calls: int = 0
     prefetch_busy: bool = False
     prefetcher: threading.Thread | None = None
+    may_read_ahead: bool = False  # a prefetcher runs or is being planned: batches record what they took
     room: threading.Condition = field(default_factory=threading.Condition)
     held_rows: int = 0  # window slots in use
 
@@ -277,6 +278,9 @@ class Engine:
             query = self._queries[identity] = Query(identity, window, next(self._query_numbers))
             first = identity not in self._seen
             self._seen.append(identity)
+            # Until the caller has planned (or given up) reading ahead, batches that other DuckDB
+            # threads hand over are counted as taken, or the prefetcher would send their rows again.
+            query.may_read_ahead = first and window > 0
             return query, first
 
     def run(self, calls: Sequence[Call], fail_fast: bool, query: Query | None = None) -> list:
@@ -375,7 +379,7 @@ class Engine:
                     if query.holds[key] > 0:
                         self._take_hold(key, query)
                         taken_holds += 1
-                    elif query.prefetcher is not None:
+                    elif query.may_read_ahead:
                         query.taken[key] += 1
                 if taken_holds:
                     query.free(taken_holds)
@@ -441,6 +445,8 @@ class Engine:
             if self._queries.get(query.identity) is query:
                 del self._queries[query.identity]
                 query.finished = time.time() - (time.monotonic() - query.last_active)
+                query.memo.clear()  # a finished query keeps its usage figures, not its answers
+                query.taken.clear()
                 if query.usage:
                     self._finished.append(query)
 

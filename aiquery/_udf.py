@@ -331,7 +331,9 @@ class Registration:
             Progress(figures, done=lambda: query.finished is not None or query.stopped.is_set())
         if created and window > 0:
             planned = self._plan(statement)
-            if planned is not None:
+            if planned is None:
+                query.may_read_ahead = False
+            else:
                 hold = lambda calls: self.engine.hold(calls, query)  # noqa: E731
                 query.prefetcher = Prefetcher(planned, self._open_prefetch_cursor, self.prefetch_calls, hold,
                                               query.duckdb_turn)

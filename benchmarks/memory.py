@@ -37,6 +37,7 @@ from __future__ import annotations
 import argparse
 import os
 import shlex
+import shutil
 import sys
 import tempfile
 import threading
@@ -167,7 +168,7 @@ def measure(base_url: str, *, rows: int, cache: bool, query: str, expected: str)
     sampler.stop()
     duckdb_after = con.execute("SELECT sum(memory_usage_bytes) FROM duckdb_memory()").fetchone()[0]
     stats = aiquery.Engine.shared().stats().values()
-    final, children_final = sampler.sample()
+    final, _ = sampler.sample()
     out = {
         "rows": rows, "cache": cache, "query": query, "seconds": seconds, "ok_rows": ok,
         "baseline_mb": baseline / MB, "peak_growth_mb": (sampler.peak - baseline) / MB,
@@ -179,6 +180,8 @@ def measure(base_url: str, *, rows: int, cache: bool, query: str, expected: str)
         "samples": sampler.samples, "flushed": flushed,
     }
     con.close()
+    _cache.close_all()
+    shutil.rmtree(workdir, ignore_errors=True)  # a million cached answers: about 100 MB
     return out
 
 
