@@ -13,6 +13,7 @@ second after it arrived, even if the process is then killed.
 
 from __future__ import annotations
 
+import atexit
 import dataclasses
 import queue
 import sqlite3
@@ -214,4 +215,7 @@ def close_all() -> None:
         _opened.clear()
     for cache in caches:
         cache.close()
+
+
+atexit.register(close_all)  # the writer is a daemon thread: commit what is pending before the process ends
 
