@@ -6,6 +6,7 @@ import asyncio
 import logging
 import os
 import socket
+import ssl
 import subprocess
 import sys
 import threading
@@ -70,7 +71,7 @@ def _tls_server(certificate) -> tuple[str, callable]:
                                                            "content": "tls: " + body["messages"][-1]["content"]},
                                                "finish_reason": "stop"}]})
 
-    ssl_context = __import__("ssl").SSLContext(__import__("ssl").PROTOCOL_TLS_SERVER)
+    ssl_context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     certificate.configure_cert(ssl_context)
     loop = asyncio.new_event_loop()
     sock = socket.socket()

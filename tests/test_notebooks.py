@@ -1,6 +1,7 @@
 """Every notebook under notebooks/ is executed, so none can rot; its outputs are then checked."""
 
 import json
+import os
 import re
 from pathlib import Path
 
@@ -17,7 +18,7 @@ def execute(path: Path, env_key: str) -> dict:
     notebook = nbformat.read(path, as_version=4)
     client = nbclient.NotebookClient(notebook, timeout=600, kernel_name="python3",
                                      resources={"metadata": {"path": str(path.parent)}})
-    client.execute(env={**__import__("os").environ, "OPENAI_API_KEY": env_key})
+    client.execute(env={**os.environ, "OPENAI_API_KEY": env_key})
     return notebook
 
 
