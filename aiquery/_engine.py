@@ -328,7 +328,7 @@ class Engine:
 
     def stats(self) -> dict[str, Usage]:
         """Usage per endpoint name since the engine started."""
-        return {rt.endpoint.name: rt.stats for rt in list(self._runtimes.values())}
+        return {name: usage for name, _, usage in self.usage()}
 
     def usage(self) -> list[tuple[str, str | None, Usage]]:
         """(endpoint, model, usage) since the engine started."""
