@@ -573,7 +573,7 @@ class Engine:
             await limits.admit(estimate_tokens(body) if limits.tokens_per_minute else 0)
         for usage in usages:
             usage.requests += 1
-        ticket = limits.concurrency.start()
+        ticket = limits.concurrency.start(retry=work.attempts > 0)
         status = None
         started = time.monotonic()
         try:

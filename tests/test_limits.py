@@ -25,15 +25,59 @@ def test_slow_start_grows_by_one_per_success_up_to_the_ceiling():
     assert small.limit == 8 and not small.slow_start
 
 
-def test_a_429_sets_the_limit_to_what_the_server_accepted_once_per_round():
+def test_429s_in_a_row_set_the_limit_to_what_the_server_accepted_once_per_round():
     limit = AdaptiveLimit(ceiling=256)
     tickets = _fill(limit, 60)
-    limit.finish(tickets[20], throttled=True, failed=True)  # 20 sent before it are still out
+    for ticket in tickets[20:23]:  # a server full after 20: the requests after them are refused
+        limit.finish(ticket, throttled=True, failed=True)
+    assert limit.limit == SLOW_START  # three 429s in a row could still be chance
+    limit.finish(tickets[23], throttled=True, failed=True)  # 20 sent before it are still out
     assert limit.limit == 20 and not limit.slow_start
-    limit.finish(tickets[21], throttled=True, failed=True)  # same round: no second cut
+    limit.finish(tickets[24], throttled=True, failed=True)  # same round: no second cut
     assert limit.limit == 20
     limit.finish(tickets[0], throttled=False, failed=False)  # then a slow additive increase
     assert limit.limit == pytest.approx(20 + PROBE / 20)
+
+
+def _rounds(limit: AdaptiveLimit, refused, rounds: int) -> None:
+    """Sends `rounds` rounds of `limit.limit` requests; `refused(depth, n)` says whether the n-th
+    request, sent with `depth` in flight, gets a 429. Each round is answered in sending order."""
+    n = 0
+    for _ in range(rounds):
+        tickets = _fill(limit, int(limit.limit))
+        for ticket in tickets:
+            limit.finish(ticket, throttled=refused(ticket.depth, n), failed=False)
+            n += 1
+
+
+def test_429s_that_come_whatever_the_load_do_not_lower_the_limit():
+    limit = AdaptiveLimit(ceiling=256)
+    _rounds(limit, lambda depth, n: n % 10 == 3, rounds=12)  # one request in ten, at every depth
+    assert limit.limit == 256 and limit.epoch == 0
+    assert limit.background == pytest.approx(0.1, abs=0.03)
+
+
+def test_429s_only_when_many_are_in_flight_lower_the_limit():
+    limit = AdaptiveLimit(ceiling=256)
+    _rounds(limit, lambda depth, n: depth >= 40 and n % 10 == 3, rounds=6)  # shallow ones always pass
+    assert limit.limit <= 40 and limit.epoch >= 1
+    assert limit.background == 0
+
+
+def test_retries_that_pass_do_not_make_random_429s_look_like_a_full_server():
+    """A server that refuses some rows once: their retries, sent a few at a time, always pass."""
+    limit = AdaptiveLimit(ceiling=256)
+    n = 0
+    for _ in range(12):
+        refused = []
+        for ticket in _fill(limit, int(limit.limit)):
+            throttled = n % 10 == 3
+            limit.finish(ticket, throttled=throttled, failed=False)
+            refused += [ticket] if throttled else []
+            n += 1
+        for _ in refused:
+            limit.finish(limit.start(retry=True), throttled=False, failed=False)
+    assert limit.limit == 256 and limit.epoch == 0
 
 
 def test_other_failures_leave_the_limit_alone():
