@@ -1,6 +1,10 @@
 """Docs that run: every SQL file under sql/ executes, and the README's SQL is copied from them."""
 
+import os
 import re
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import duckdb
@@ -73,3 +77,20 @@ def test_ci_runs_the_readme_set_up_commands_verbatim():
     assert len(commands) == 2, "the README's set-up is two commands: install + demo, then tests"
     ci = (ROOT / ".ci" / "run").read_text().splitlines()
     assert [line for line in ci if line in commands] == commands
+
+
+@pytest.mark.local_models
+@pytest.mark.skipif(shutil.which("java") is None, reason="PySpark needs Java 17 (apt-get install openjdk-17-jre-headless)")
+def test_the_readme_spark_example_runs_as_it_is(tmp_path):
+    pytest.importorskip("llama_cpp", reason="the built-in models need: pip install -e '.[local]'")
+    readme = (ROOT / "README.md").read_text()
+    section = readme[readme.index("## Scaling out with Spark"):]
+    example = re.search(r"```python\n(.*?)```", section, flags=re.S).group(1)
+    (tmp_path / "example.py").write_text(example)
+    env = {**os.environ, "PYSPARK_PYTHON": sys.executable}
+    done = subprocess.run([sys.executable, "example.py"], cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    table = [line.split("|") for line in done.stdout.splitlines() if line.startswith("|")]
+    assert [cells[1].strip() for cells in table] == ["id", "1", "2"]
+    assert all(cells[4].strip() == "384" and cells[3].strip() == "NULL" for cells in table[1:]), done.stdout
