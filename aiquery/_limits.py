@@ -116,27 +116,30 @@ class AdaptiveLimit:
         requests sent with about `depth` or more in flight than among those sent with fewer. A
         server that refuses a share of requests whatever the load (a per-key rate limit, a gateway
         shedding at random) shows the same share at every depth, and lowering the limit would only
-        slow everything down. When the recent requests were all sent at about the same depth, the
-        last comparison decides: no 429s at lower depths then means this one is the server's limit."""
+        slow everything down. When the recent requests were all sent at about the same depth, their
+        share is compared with the background share of the last comparison (none: any 429 is the
+        server's limit)."""
         depth = ticket.depth
         shallow = [t for d, t in self._recent if d < SHALLOW * depth]
         deep = [t for d, t in self._recent if d >= SHALLOW * depth]
-        compared = len(shallow) >= EVIDENCE and len(deep) >= EVIDENCE
-        if compared:
+        if len(shallow) >= EVIDENCE and len(deep) >= EVIDENCE:
             self.background = _share(shallow)
-        elif self.background is None and all(ticket.seq - n in self._refused for n in range(1, RUN)):
+            return self.background == 0 or _clearly_more(deep, self.background, len(shallow))
+        if self.background is None and all(ticket.seq - n in self._refused for n in range(1, RUN)):
             self.background = 0.0  # refused in a row: the server is full, not refusing at random
-        if self.background == 0:
-            return True
-        return compared and _clearly_more(deep, shallow)
+        if self.background is None:
+            return False
+        recent = [t for _, t in self._recent][-2 * EVIDENCE:]  # sent at about the same depth
+        return self.background == 0 or _clearly_more(recent, self.background, EVIDENCE)
 
-def _clearly_more(deep: list[bool], shallow: list[bool]) -> bool:
-    """Whether the share of 429s in `deep` is more than twice that in `shallow`, and by more than
-    chance would give (two standard errors)."""
-    p_deep, p_shallow = _share(deep), _share(shallow)
-    pooled = (sum(deep) + sum(shallow)) / (len(deep) + len(shallow))
-    error = math.sqrt(pooled * (1 - pooled) * (1 / len(deep) + 1 / len(shallow)))
-    return p_deep > 2 * p_shallow and p_deep - p_shallow > 2 * error
+
+def _clearly_more(deep: list[bool], background: float, measured_on: int) -> bool:
+    """Whether the share of 429s in `deep` is more than twice the `background` share (measured on
+    `measured_on` requests), and by more than chance would give (two standard errors)."""
+    share = _share(deep)
+    pooled = (sum(deep) + background * measured_on) / (len(deep) + measured_on)
+    error = math.sqrt(pooled * (1 - pooled) * (1 / len(deep) + 1 / measured_on))
+    return share > 2 * background and share - background > 2 * error
 
 
 @dataclass
