@@ -86,19 +86,17 @@ class AdaptiveLimit:
         # and successes tell about the server's limit.
         counts = not ticket.retry and (throttled or not failed)
         self._settle(ticket.seq, (ticket.depth, throttled) if counts else None)
-        if failed and not throttled:
-            return
         if not throttled:
-            step = 1 if self.slow_start else PROBE / self.limit
-            self.limit = min(float(self.ceiling), self.limit + step)
-        else:
-            self._refused.append(ticket.seq)
-        if throttled and ticket.epoch == self.epoch:
-            if self._too_many(ticket):
-                accepted = sum(1 for seq in self._out if seq < ticket.seq)
-                self.limit = float(max(1, min(int(self.limit), accepted)))
-                self.slow_start = False
-                self.epoch += 1
+            if not failed:
+                step = 1 if self.slow_start else PROBE / self.limit
+                self.limit = min(float(self.ceiling), self.limit + step)
+            return
+        self._refused.append(ticket.seq)
+        if ticket.epoch == self.epoch and self._too_many(ticket):
+            accepted = sum(1 for seq in self._out if seq < ticket.seq)
+            self.limit = float(max(1, min(int(self.limit), accepted)))
+            self.slow_start = False
+            self.epoch += 1
 
     def _settle(self, seq: int, outcome: tuple[int, bool] | None) -> None:
         """Adds outcomes to the recent ones in sending order. In the order they arrive, the recent

@@ -49,6 +49,16 @@ def _settings(server: FakeServer, **chat) -> dict:
             "embed": {**openai, "task": "embeddings", "model": "fake-embed", "batch_size": 4}}
 
 
+@pytest.fixture
+def served(spark, monkeypatch):
+    """A fresh fake server, and the Spark functions registered against it (no cache)."""
+    monkeypatch.setenv("FAKE_KEY", CANARY_KEY)
+    with FakeServer(api_key=CANARY_KEY) as server:
+        settings = _settings(server)
+        aiquery.spark.register(spark, endpoints=settings, cache=False)
+        yield server, settings
+
+
 def _duckdb_rows(settings: dict, sql: str) -> list[tuple]:
     """The rows of `sql` in DuckDB, over the same prompts, sorted by id. (Spark's queries here have no
     ORDER BY: sorting samples its input first, which evaluates ai_query twice; see the README.)"""
@@ -58,18 +68,15 @@ def _duckdb_rows(settings: dict, sql: str) -> list[tuple]:
         return sorted(con.sql(sql).fetchall())
 
 
-def test_ai_query_gives_the_same_rows_as_in_duckdb(spark, monkeypatch):
-    monkeypatch.setenv("FAKE_KEY", CANARY_KEY)
-    with FakeServer(api_key=CANARY_KEY) as server:
-        settings = _settings(server)
-        aiquery.spark.register(spark, endpoints=settings, cache=False)
-        sql = "SELECT id, ai_query('chat', prompt) AS answer FROM prompts "
-        result = spark.sql(sql)
-        assert result.schema["answer"].dataType.simpleString() == "string"
-        in_spark = sorted(tuple(row) for row in result.collect())
-        assert len(server.bodies("/chat/completions")) == ROWS - ROWS // 50  # NULL prompts send nothing
-        assert in_spark == _duckdb_rows(settings, sql)
-        assert in_spark[7] == (7, None) and in_spark[8] == (8, "echo: row 8")
+def test_ai_query_gives_the_same_rows_as_in_duckdb(spark, served):
+    server, settings = served
+    sql = "SELECT id, ai_query('chat', prompt) AS answer FROM prompts"
+    result = spark.sql(sql)
+    assert result.schema["answer"].dataType.simpleString() == "string"
+    in_spark = sorted(tuple(row) for row in result.collect())
+    assert len(server.bodies("/chat/completions")) == ROWS - ROWS // 50  # NULL prompts send nothing
+    assert in_spark == _duckdb_rows(settings, sql)
+    assert in_spark[7] == (7, None) and in_spark[8] == (8, "echo: row 8")
 
 
 def test_all_workers_together_stay_within_the_endpoints_limit(spark, monkeypatch):
@@ -81,63 +88,52 @@ def test_all_workers_together_stay_within_the_endpoints_limit(spark, monkeypatch
         assert 4 < server.peak_in_flight <= 8  # two workers of 4 each, both busy at once
 
 
-def test_try_ai_query_is_duckdbs_failonerror_false_struct(spark, monkeypatch):
-    monkeypatch.setenv("FAKE_KEY", CANARY_KEY)
-    with FakeServer(api_key=CANARY_KEY) as server:
-        settings = _settings(server)
-        aiquery.spark.register(spark, endpoints=settings, cache=False)
-        prompt = "prompt || CASE WHEN id % 10 = 3 THEN ' [[status=400]]' ELSE '' END"
-        result = spark.sql(f"SELECT id, try_ai_query('chat', {prompt}) AS r FROM prompts ")
-        assert result.schema["r"].dataType.simpleString() == "struct<response:string,errorMessage:string>"
-        in_spark = sorted((row.id, None if row.r is None else (row.r.response, row.r.errorMessage))
-                          for row in result.collect())
-        in_duckdb = _duckdb_rows(settings, f"SELECT id, ai_query('chat', {prompt}, failOnError => false) AS r "
-                                           "FROM prompts ")
-        assert in_spark == [(i, None if r is None else (r["response"], r["errorMessage"])) for i, r in in_duckdb]
-        failed = in_spark[3][1]
-        assert failed[0] is None and "endpoint 'chat': HTTP 400" in failed[1]
+def test_try_ai_query_is_duckdbs_failonerror_false_struct(spark, served):
+    server, settings = served
+    prompt = "prompt || CASE WHEN id % 10 = 3 THEN ' [[status=400]]' ELSE '' END"
+    result = spark.sql(f"SELECT id, try_ai_query('chat', {prompt}) AS r FROM prompts")
+    assert result.schema["r"].dataType.simpleString() == "struct<response:string,errorMessage:string>"
+    in_spark = sorted((row.id, None if row.r is None else (row.r.response, row.r.errorMessage))
+                      for row in result.collect())
+    in_duckdb = _duckdb_rows(settings, f"SELECT id, ai_query('chat', {prompt}, failOnError => false) AS r "
+                                       "FROM prompts")
+    assert in_spark == [(i, None if r is None else (r["response"], r["errorMessage"])) for i, r in in_duckdb]
+    failed = in_spark[3][1]
+    assert failed[0] is None and "endpoint 'chat': HTTP 400" in failed[1]
 
 
-def test_a_struct_response_format_is_typed_with_from_json(spark, monkeypatch):
-    monkeypatch.setenv("FAKE_KEY", CANARY_KEY)
-    with FakeServer(api_key=CANARY_KEY) as server:
-        settings = _settings(server)
-        aiquery.spark.register(spark, endpoints=settings, cache=False)
-        schema = "STRUCT<label: STRING, score: DOUBLE>"
-        result = spark.sql(f"SELECT id, from_json(ai_query('chat', prompt, responseFormat => '{schema}'), "
-                           "'label STRING, score DOUBLE') AS r FROM prompts WHERE id < 20 ")
-        assert result.schema["r"].dataType.simpleString() == "struct<label:string,score:double>"
-        in_spark = sorted((row.id, None if row.r is None else row.r.asDict()) for row in result.collect())
-        in_duckdb = _duckdb_rows(settings, f"SELECT id, ai_query('chat', prompt, responseFormat => '{schema}') "
-                                           "FROM prompts WHERE id < 20 ")
-        assert in_spark == in_duckdb and in_spark[0][1] is not None
-        sent = server.bodies("/chat/completions")[0]["response_format"]
-        assert sent["type"] == "json_schema"
+def test_a_struct_response_format_is_typed_with_from_json(spark, served):
+    server, settings = served
+    schema = "STRUCT<label: STRING, score: DOUBLE>"
+    result = spark.sql(f"SELECT id, from_json(ai_query('chat', prompt, responseFormat => '{schema}'), "
+                       "'label STRING, score DOUBLE') AS r FROM prompts WHERE id < 20 ")
+    assert result.schema["r"].dataType.simpleString() == "struct<label:string,score:double>"
+    in_spark = sorted((row.id, None if row.r is None else row.r.asDict()) for row in result.collect())
+    in_duckdb = _duckdb_rows(settings, f"SELECT id, ai_query('chat', prompt, responseFormat => '{schema}') "
+                                       "FROM prompts WHERE id < 20 ")
+    assert in_spark == in_duckdb and in_spark[0][1] is not None
+    sent = server.bodies("/chat/completions")[0]["response_format"]
+    assert sent["type"] == "json_schema"
 
 
-def test_ai_embed_returns_the_same_float_arrays_as_duckdb(spark, monkeypatch):
-    monkeypatch.setenv("FAKE_KEY", CANARY_KEY)
-    with FakeServer(api_key=CANARY_KEY) as server:
-        settings = _settings(server)
-        aiquery.spark.register(spark, endpoints=settings, cache=False)
-        result = spark.sql("SELECT id, ai_embed(prompt, 'embed') AS v FROM prompts WHERE id < 40 ")
-        assert result.schema["v"].dataType.simpleString() == "array<float>"
-        in_spark = sorted((row.id, row.v) for row in result.collect())
-        in_duckdb = _duckdb_rows(settings, "SELECT id, ai_query('embed', prompt) FROM prompts WHERE id < 40 ")
-        assert in_spark == [(i, None if v is None else pytest.approx(v)) for i, v in in_duckdb]
-        assert len(in_spark[0][1]) > 1
+def test_ai_embed_returns_the_same_float_arrays_as_duckdb(spark, served):
+    server, settings = served
+    result = spark.sql("SELECT id, ai_embed(prompt, 'embed') AS v FROM prompts WHERE id < 40 ")
+    assert result.schema["v"].dataType.simpleString() == "array<float>"
+    in_spark = sorted((row.id, row.v) for row in result.collect())
+    in_duckdb = _duckdb_rows(settings, "SELECT id, ai_query('embed', prompt) FROM prompts WHERE id < 40 ")
+    assert in_spark == [(i, None if v is None else pytest.approx(v)) for i, v in in_duckdb]
+    assert len(in_spark[0][1]) > 1
 
 
-def test_named_arguments_and_model_parameters_reach_the_server(spark, monkeypatch):
-    monkeypatch.setenv("FAKE_KEY", CANARY_KEY)
-    with FakeServer(api_key=CANARY_KEY) as server:
-        aiquery.spark.register(spark, endpoints=_settings(server), cache=False)
-        rows = spark.sql("SELECT ai_query(endpoint => 'chat', request => prompt, failOnError => true, "
-                         "modelParameters => named_struct('max_tokens', 7, 'temperature', 0.5)) AS a "
-                         "FROM prompts WHERE id < 5").collect()
-        assert sorted(r.a for r in rows) == [f"echo: row {i}" for i in range(5)]
-        bodies = server.bodies("/chat/completions")
-        assert len(bodies) == 5 and all(b["max_tokens"] == 7 and b["temperature"] == 0.5 for b in bodies)
+def test_named_arguments_and_model_parameters_reach_the_server(spark, served):
+    server, _ = served
+    rows = spark.sql("SELECT ai_query(endpoint => 'chat', request => prompt, failOnError => true, "
+                     "modelParameters => named_struct('max_tokens', 7, 'temperature', 0.5)) AS a "
+                     "FROM prompts WHERE id < 5").collect()
+    assert sorted(r.a for r in rows) == [f"echo: row {i}" for i in range(5)]
+    bodies = server.bodies("/chat/completions")
+    assert len(bodies) == 5 and all(b["max_tokens"] == 7 and b["temperature"] == 0.5 for b in bodies)
 
 
 @pytest.mark.parametrize("sql, says", [
@@ -147,21 +143,16 @@ def test_named_arguments_and_model_parameters_reach_the_server(spark, monkeypatc
     ("SELECT ai_query('chta', prompt) FROM prompts", "'chta'"),
     ("SELECT ai_query(prompt, prompt) FROM prompts", "endpoint must be a constant"),
 ])
-def test_a_call_spark_cannot_type_or_run_says_what_to_do(spark, monkeypatch, sql, says):
+def test_a_call_spark_cannot_type_or_run_says_what_to_do(spark, served, sql, says):
     from pyspark.errors import PythonException
 
-    monkeypatch.setenv("FAKE_KEY", CANARY_KEY)
-    with FakeServer(api_key=CANARY_KEY) as server:
-        aiquery.spark.register(spark, endpoints=_settings(server), cache=False)
-        with pytest.raises(PythonException) as raised:
-            spark.sql(sql).collect()
-        assert says in str(raised.value)
-        assert server.bodies("/chat/completions") == []
+    server, _ = served
+    with pytest.raises(PythonException) as raised:
+        spark.sql(sql).collect()
+    assert says in str(raised.value)
+    assert server.bodies("/chat/completions") == []
 
 
-def test_the_settings_spark_carries_hold_no_key(spark, monkeypatch):
-    monkeypatch.setenv("FAKE_KEY", CANARY_KEY)
-    with FakeServer(api_key=CANARY_KEY) as server:
-        aiquery.spark.register(spark, endpoints=_settings(server), cache=False)
-        carried = spark.conf.get(aiquery.spark.SETTINGS_CONF)
-        assert "FAKE_KEY" in carried and CANARY_KEY not in carried
+def test_the_settings_spark_carries_hold_no_key(spark, served):
+    carried = spark.conf.get(aiquery.spark.SETTINGS_CONF)
+    assert "FAKE_KEY" in carried and CANARY_KEY not in carried
