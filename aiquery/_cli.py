@@ -28,7 +28,8 @@ from ._errors import AIQueryError
 from ._engine import Engine
 from ._estimate import estimate
 from ._progress import Progress, interactive, totals
-from ._registration import connect, registration_of, sql_string
+from ._registration import connect, registration_of
+from ._types import sql_string
 from ._usage import price_of
 
 RESULT_TABLE = "__aiquery_result"

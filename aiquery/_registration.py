@@ -20,7 +20,7 @@ from ._datasets import dataset_path
 from ._engine import Engine
 from ._errors import ArgumentError, ConfigError
 from ._progress import interactive
-from ._types import ddl_to_duckdb_sql
+from ._types import ddl_to_duckdb_sql, sql_string
 from ._udf import Registration, make_udf
 from ._usage import endpoint_rows, query_rows
 
@@ -30,11 +30,6 @@ USAGE_UDF = "__aiquery_usage"
 _registrations: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # connection -> its Registration
 UDF_PARAMETERS = [sqltypes.VARCHAR, sqltypes.VARCHAR, sqltypes.VARCHAR, sqltypes.BLOB, sqltypes.VARCHAR,
                   sqltypes.UBIGINT]
-
-
-def sql_string(value: str) -> str:
-    """A SQL string literal for `value` (quotes doubled)."""
-    return "'" + value.replace("'", "''") + "'"
 
 
 def _statements(*files: str, embedding_endpoints: list[str] = (),

@@ -607,12 +607,13 @@ _SQL_GENERIC = r"ARRAY\s*<([^<>]*)>|(STRUCT|MAP)\s*<([^<>]*)>"
 _SQL_BYTE = r"\bBYTE(\s*[),[]|\s*$)"
 
 
-def _sql_literal(text: str) -> str:
-    return "'" + text.replace("'", "''") + "'"
+def sql_string(value: str) -> str:
+    """A SQL string literal for `value` (quotes doubled)."""
+    return "'" + value.replace("'", "''") + "'"
 
 
 def _regexp_replace(sql: str, pattern: str, replacement: str, options: str) -> str:
-    return (f"regexp_replace({sql}, {_sql_literal(pattern)}, {_sql_literal(replacement)}, "
+    return (f"regexp_replace({sql}, {sql_string(pattern)}, {sql_string(replacement)}, "
             f"'{options}')")
 
 

@@ -29,7 +29,7 @@ import pyarrow as pa
 
 from ._config import SETTING_NAMES, default_config_path, load_endpoints
 from ._errors import ArgumentError
-from ._registration import sql_string
+from ._types import sql_string
 
 SETTINGS_CONF = "spark.aiquery.settings"
 _connections: dict[str, Any] = {}  # in a worker: settings JSON -> its DuckDB connection
