@@ -234,11 +234,18 @@ def default_config_path() -> Path | None:
     return local if local.is_file() else None
 
 
+def endpoints_config_path(endpoints: Mapping[str, Any] | None,
+                          config: str | os.PathLike | None) -> str | os.PathLike | None:
+    """The config file a registration reads its endpoints from: `config`, else the default one
+    unless `endpoints` were given."""
+    return config if config is not None else (default_config_path() if endpoints is None else None)
+
+
 def load_endpoints(endpoints: Mapping[str, Any] | None = None,
                    config: str | os.PathLike | None = None) -> dict[str, Endpoint]:
     """All endpoint settings for one registration: the built-in ones, the config file's on top, then
     `endpoints` on top of those (a name defined later replaces the whole earlier definition)."""
-    path = config if config is not None else (default_config_path() if endpoints is None else None)
+    path = endpoints_config_path(endpoints, config)
     result = {name: make_endpoint(name, s, BUILT_IN) for name, s in BUILTIN_ENDPOINTS.items()}
     if path is not None:
         result.update(read_config_file(path))

@@ -27,7 +27,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from ._config import SETTING_NAMES, default_config_path, load_endpoints
+from ._config import SETTING_NAMES, endpoints_config_path, load_endpoints
 from ._errors import ArgumentError
 from ._types import sql_string
 
@@ -46,7 +46,7 @@ def register(spark: Any, *, endpoints: Mapping[str, Any] | None = None, config: 
     from pyspark.sql.functions import arrow_udf
 
     settings = load_endpoints(endpoints, config)  # checked here, on the driver, before any task runs
-    path = config if config is not None else (default_config_path() if endpoints is None else None)
+    path = endpoints_config_path(endpoints, config)
     workers = spark.sparkContext.defaultParallelism if workers is None else workers
     if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
         raise ArgumentError(f"aiquery.spark.register: workers must be a positive integer, got {workers!r}")
