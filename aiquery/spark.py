@@ -112,13 +112,15 @@ def _constant(function: str, name: str, array: pa.Array) -> Any:
     return values[0] if values else None
 
 
-def _run(function: str, positional: list[tuple[str, pa.Array, bool]], named: Mapping[str, pa.Array | None]) -> pa.Array:
+def _run(function: str, positional: list[tuple[str, pa.Array, bool]], named: Mapping[str, pa.Array | None],
+         fixed: Mapping[str, Any] = {}) -> pa.Array:
     """DuckDB's `function` over one batch. `positional` holds (name, array, varies by row);
-    `named` holds the optional arguments given, all constants."""
+    `named` holds the optional arguments given, all constants; `fixed` the ones the Spark function sets."""
     columns = {name: array for name, array, varies in positional if varies}
     args = [name if varies else _literal(_constant(function, name, array)) for name, array, varies in positional]
     args += [f"{name} := {_literal(_constant(function, name, array))}" for name, array in named.items()
              if array is not None]
+    args += [f"{name} := {_literal(value)}" for name, value in fixed.items()]
     relation = _connection().from_arrow(pa.table(columns))
     return relation.project(f"{function}({', '.join(args)}) AS answer").to_arrow_table().column("answer").combine_chunks()
 
@@ -148,8 +150,8 @@ def ai_query(endpoint: pa.Array, request: pa.Array, returnType: pa.Array = None,
 def try_ai_query(endpoint: pa.Array, request: pa.Array, returnType: pa.Array = None, modelParameters: pa.Array = None,
                  responseFormat: pa.Array = None) -> pa.Array:
     answers = _run("ai_query", [("endpoint", endpoint, False), ("request", request, True)],
-                   {"returnType": returnType, "modelParameters": modelParameters, "responseFormat": responseFormat,
-                    "failOnError": pa.array([False] * len(request))})
+                   {"returnType": returnType, "modelParameters": modelParameters, "responseFormat": responseFormat},
+                   fixed={"failOnError": False})
     response = _as_text(answers.field("response"), "try_ai_query", endpoint)
     return pa.StructArray.from_arrays([response, answers.field("errorMessage")], names=["response", "errorMessage"],
                                       mask=answers.is_null())
