@@ -62,9 +62,10 @@ def _md_row(values) -> str:
     return "| " + " | ".join(str(v).replace("|", "\\|") for v in values) + " |"
 
 
-def markdown(sections: list[Section], machine: dict[str, str], command: str, total_s: float) -> str:
-    out = ["# Benchmark results", "",
-           "Written by `benchmarks/run.py`; see `benchmarks/README.md` for what each figure means. "
+def markdown(sections: list[Section], machine: dict[str, str], command: str, total_s: float,
+             title: str = "Benchmark results", script: str = "benchmarks/run.py") -> str:
+    out = [f"# {title}", "",
+           f"Written by `{script}`; see `benchmarks/README.md` for what each figure means. "
            "Ratios are measured within this one run; absolute timings depend on the machine and its load.", "",
            "## Machine", ""]
     out += [f"- {key}: {value}" for key, value in machine.items()]

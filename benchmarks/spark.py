@@ -127,19 +127,6 @@ def bench_spark(rows: int, trials: int) -> Section:
     return section
 
 
-def markdown(section: Section, machine: dict[str, str], command: str, total_s: float) -> str:
-    out = ["# Spark local mode vs DuckDB: ai_query throughput", "", "```", command, "```", "",
-           "Written by `benchmarks/spark.py`. The ratio is measured within this one run; absolute timings depend on "
-           "the machine and its load.", "", "## Machine", ""]
-    out += [f"- {key}: {value}" for key, value in machine.items()]
-    out += ["", f"Total runtime: {total_s:.0f} s.", "", "## Results", "",
-            report._md_row(report.COLUMNS), report._md_row("---" for _ in report.COLUMNS),
-            report._md_row([f"**{section.title}**", "", "", "", "", ""])]
-    out += [report._md_row(report.cells(line)) for line in section.lines]
-    out += ["", "## Notes", ""] + [f"- {note}" for note in section.notes] + [""]
-    return "\n".join(out)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="ai_query rows/s in Spark local mode / in DuckDB.")
     parser.add_argument("--quick", action="store_true", help=f"{QUICK_ROWS:,} rows (benchmark 1's --quick size)")
@@ -159,7 +146,8 @@ def main(argv: list[str] | None = None) -> int:
     print("\n".join(f"- {note}" for note in section.notes))
     print(f"\ntotal runtime {total:.0f} s")
     if args.output:
-        args.output.write_text(markdown(section, machine, command, total))
+        args.output.write_text(report.markdown([section], machine, command, total,
+                                               "Spark local mode vs DuckDB: ai_query throughput", "benchmarks/spark.py"))
         print(f"wrote {args.output}")
     return 0
 
