@@ -99,13 +99,12 @@ def bench_spark(rows: int, trials: int) -> Section:
     duck, spark = rows_per_s(medians["DuckDB"]), rows_per_s(medians["Spark"])
     starts = sorted(r["session_seconds"] for r, _ in runs["Spark"] if "session_seconds" in r)
     ideal = f"ideal {ideal_s:.1f} s"
+    labels = {"DuckDB": "DuckDB aiquery SQL, native table", "Spark": f"Spark local[{SPARK_CORES}], query only"}
     section.lines += [
-        Line(f"DuckDB aiquery SQL, native table (median of {trials})", measured(medians["DuckDB"]), ideal,
-             ideal_s / medians["DuckDB"]["seconds"] if medians["DuckDB"].get("seconds") else None,
-             f"peaks {peaks['DuckDB']}", correct["DuckDB"]),
-        Line(f"Spark local[{SPARK_CORES}], query only (median of {trials})", measured(medians["Spark"]), ideal,
-             ideal_s / medians["Spark"]["seconds"] if medians["Spark"].get("seconds") else None,
-             f"peaks {peaks['Spark']}", correct["Spark"]),
+        Line(f"{labels[name]} (median of {trials})", measured(medians[name]), ideal,
+             ideal_s / medians[name]["seconds"] if medians[name].get("seconds") else None,
+             f"peaks {peaks[name]}", correct[name]) for name in clients]
+    section.lines += [
         Line("Spark rows/s / DuckDB rows/s", f"{spark:,.0f} rows/s", f"{duck:,.0f} rows/s (DuckDB)",
              spark / duck if duck else None),
     ]
