@@ -136,14 +136,12 @@ def estimate(con: duckdb.DuckDBPyConnection, sql: str) -> list[EndpointEstimate]
     The statement runs on a cursor of `con`, through `con`'s own ai_query function (DuckDB shares
     functions between a connection and its cursors), which counts instead of sending while this
     runs: a query running on `con` at the same moment would be counted too."""
-    from ._registration import macro_statements, registration_of
+    from ._registration import registration_of
 
     registration = registration_of(con)
     estimator = registration.estimator = Estimator()
-    cursor = con.cursor()
+    cursor = con.cursor()  # with the aiquery macros (aiquery._registration wraps cursor())
     try:
-        for statement in macro_statements(registration):  # TEMP macros are per cursor
-            cursor.execute(statement)
         cursor.execute("BEGIN TRANSACTION")
         try:
             for statement in duckdb.extract_statements(sql):

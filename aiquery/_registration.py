@@ -70,7 +70,30 @@ def register(con: duckdb.DuckDBPyConnection, *, endpoints: Mapping[str, Any] | N
     registration.default_endpoints = _checked_defaults(read_default_endpoints(config), settings)
     install(con, registration)
     _registrations[con] = registration
+    _wrap_cursor()
     return con
+
+
+_original_cursor = duckdb.DuckDBPyConnection.cursor
+
+
+def _cursor(self: duckdb.DuckDBPyConnection) -> duckdb.DuckDBPyConnection:
+    """A cursor of an aiquery connection has the aiquery functions too: DuckDB shares the Python
+    UDFs with the cursor, but TEMP macros (ai_query itself) belong to the connection they were made on."""
+    cursor = _original_cursor(self)
+    registration = _registrations.get(self)
+    if registration is not None:
+        for statement in macro_statements(registration):
+            cursor.execute(statement)
+        _registrations[cursor] = registration
+    return cursor
+
+
+def _wrap_cursor() -> None:
+    """Wraps DuckDBPyConnection.cursor once, as aiquery._interrupt wraps interrupt()."""
+    if duckdb.DuckDBPyConnection.cursor is not _cursor:
+        _cursor.__doc__ = _original_cursor.__doc__
+        duckdb.DuckDBPyConnection.cursor = _cursor
 
 
 def _checked_defaults(defaults: dict[str, str], settings: Mapping[str, Any]) -> dict[str, str]:

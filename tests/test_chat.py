@@ -148,3 +148,11 @@ def test_completions_endpoint(con, server):
     assert con.sql("SELECT ai_query('completions', 'Once upon')").fetchall()[0] == ("completion: Once upon",)
     body = server.bodies("/v1/completions")[0]
     assert body == {"model": "fake-completions", "prompt": "Once upon"}
+
+
+def test_a_cursor_of_the_connection_has_ai_query_and_the_task_functions(con, server):
+    cursor = con.cursor()
+    assert cursor.sql("SELECT ai_query('chat', 'from a cursor'), ai_gen('hi', endpoint => 'chat')").fetchall() == [
+        ("echo: from a cursor", "echo: hi")]
+    assert cursor.cursor().sql("SELECT ai_query('chat', 'nested')").fetchall() == [("echo: nested",)]
+    assert len(server.requests) == 3

@@ -21,7 +21,6 @@ import duckdb
 import pytest
 
 import aiquery
-from aiquery._registration import macro_statements, registration_of
 from fakeserver import FakeServer, embed
 
 ROWS = 2000      # rows per thread
@@ -105,13 +104,8 @@ def load():
 
 
 def cursor_with_ai_query(load: Load, con: duckdb.DuckDBPyConnection) -> duckdb.DuckDBPyConnection:
-    """A cursor of an aiquery connection, with ai_query. A cursor shares its connection's Python UDF
-    but not its TEMP macros, so `con.cursor()` alone has no ai_query, and aiquery.register(cursor)
-    fails ("Scalar Function with name __aiquery_invoke already exists"). There is no public way yet;
-    this is what aiquery.estimate() does with its own cursor."""
+    """A cursor of an aiquery connection: it has ai_query as its connection does."""
     cursor = con.cursor()
-    for statement in macro_statements(registration_of(con)):
-        cursor.execute(statement)
     load.connections.append(cursor)
     return cursor
 
