@@ -32,7 +32,6 @@ import orjson
 
 from . import _wire
 from ._config import Endpoint
-from . import _interrupt
 from ._cache import ResponseCache
 from ._errors import AIQueryError, BudgetExceeded, HTTPStatusError, QueryInterrupted, ResponseError
 from ._limits import EndpointLimits, estimate_tokens
@@ -48,7 +47,10 @@ _PARSERS: dict[str, Callable[[bytes, str], _wire.Answer]] = {
 }
 MEMO_SIZE = 50_000   # answers a query remembers for repeats of the same request
 MAX_BEHIND = 100_000  # rows DuckDB may be ahead of the prefetcher before reading ahead stops
-QUERY_IDLE_END = 2.0  # seconds without a UDF call after which a query counts as finished
+QUERY_IDLE_END = 2.0  # seconds without a UDF call after which a query DuckDB cannot tell about counts as finished
+WATCH_INTERVAL = 0.02  # seconds between looks at whether DuckDB still runs each query
+_INTERRUPTED = ("query interrupted: requests in flight were cancelled; answers received are kept in the "
+                "response cache, so running the statement again sends only the rest")
 
 
 class Call:
@@ -112,8 +114,16 @@ class Query:
     taken: collections.Counter = field(default_factory=collections.Counter)
     active: int = 0  # batches in the engine now (loop side)
     last_active: float = field(default_factory=time.monotonic)
-    stopped: threading.Event = field(default_factory=threading.Event)
+    stopped: threading.Event = field(default_factory=threading.Event)  # no more reading ahead
+    ended: threading.Event = field(default_factory=threading.Event)    # no more requests at all
     cancelled: threading.Event = field(default_factory=threading.Event)  # Ctrl-C or con.interrupt()
+    # Whether DuckDB runs a query on the query's connection or cursor (aiquery._process.Context.running).
+    # DuckDB also answers no while a query runs whose progress it cannot measure, so a no while no
+    # batch of it is in the engine only *pauses* what was read ahead for it (nothing more is sent
+    # until its next batch arrives); the query ends if it stays so for the engine's idle_end.
+    running: Callable[[], bool] | None = None
+    paused: bool = False
+    parked: list = field(default_factory=list)  # (runtime, work) read ahead and not sent while paused
     # The prefetcher touches DuckDB only while a UDF call of this query runs, and a UDF call does
     # not return while the prefetcher is inside DuckDB: the query cannot end (and the user cannot
     # close the connection) while a cursor of it is busy.
@@ -235,10 +245,13 @@ class Engine:
     _shared: Engine | None = None
     _shared_lock = threading.Lock()
 
-    def __init__(self, transport: Transport | None = None, sleep: Callable[[float], Any] | None = None):
+    def __init__(self, transport: Transport | None = None, sleep: Callable[[float], Any] | None = None,
+                 idle_end: float = QUERY_IDLE_END):
         self._transport = transport or (ProcessTransport() if os.name == "posix" else AiohttpTransport())
         self._local = LocalTransport()  # built-in models: local:// URLs
         self._sleep = sleep or asyncio.sleep
+        self._idle_end = idle_end  # see QUERY_IDLE_END
+        self._retrying = 0  # requests waiting to be sent again
         self._loop_thread = _LoopThread()
         self._runtimes: dict[tuple, _Runtime] = {}
         self._entries: dict[bytes, _Entry] = {}
@@ -248,10 +261,9 @@ class Engine:
         # session, stop the thread. The finalizer holds no reference to the engine itself.
         self._finalizer = weakref.finalize(self, _shutdown, self._queries, self._loop_thread,
                                            (self._transport, self._local))
-        self._queries_lock = threading.Lock()
+        self._queries_lock = threading.RLock()  # the SIGINT handler takes it on whatever thread it interrupts
         self._query_numbers = itertools.count(1)
         self._finished: collections.deque = collections.deque(maxlen=QUERY_HISTORY)  # for aiquery_query_usage()
-        _interrupt.track_engine(self)
 
     @classmethod
     def shared(cls) -> Engine:
@@ -268,25 +280,34 @@ class Engine:
     def _loop(self) -> asyncio.AbstractEventLoop:
         return self._loop_thread.loop(lambda loop: loop.create_task(self._watch_queries()))
 
-    def query(self, identity: tuple, window: int) -> tuple[Query, bool]:
-        """The running query with this identity, and whether it may read ahead (only the first
-        time: a query that went quiet and came back must not start again from its first row)."""
+    def query(self, identity: tuple, window: int,
+              running: Callable[[], bool] | None = None) -> tuple[Query, bool]:
+        """The running query with this identity (connection or cursor number, transaction, text),
+        and whether it may read ahead (only the first time: a query that went quiet and came back
+        must not start again from its first row). `running` tells whether DuckDB still runs it."""
         with self._queries_lock:
             query = self._queries.get(identity)
             if query is not None:
                 return query, False
+            # A connection or cursor runs one query at a time: a new one there means the others ended.
+            ended = [q for q in self._queries.values() if q.identity[0] == identity[0]]
             query = self._queries[identity] = Query(identity, window, next(self._query_numbers))
+            query.running = running
             first = identity not in self._seen
             self._seen.append(identity)
             # Until the caller has planned (or given up) reading ahead, batches that other DuckDB
             # threads hand over are counted as taken, or the prefetcher would send their rows again.
             query.may_read_ahead = first and window > 0
-            return query, first
+        for other in ended:
+            self.end_query(other)
+        return query, first
 
     def run(self, calls: Sequence[Call], fail_fast: bool, query: Query | None = None) -> list:
         """Answers (or errors) for `calls`, in order. With fail_fast, stops at the first error."""
         if not calls:
             return []
+        if query is not None and query.cancelled.is_set():
+            raise QueryInterrupted(_INTERRUPTED)
         future = asyncio.run_coroutine_threadsafe(self._run(calls, fail_fast, query), self._loop())
         try:
             while True:  # short waits keep the calling thread responsive to Ctrl-C and cancellation
@@ -294,13 +315,14 @@ class Engine:
                     return future.result(timeout=0.1)
                 except concurrent.futures.TimeoutError:
                     if query is not None and query.cancelled.is_set():
-                        raise QueryInterrupted("query interrupted: requests in flight were cancelled; answers "
-                                               "received are kept in the response cache, so running the "
-                                               "statement again sends only the rest") from None
+                        raise QueryInterrupted(_INTERRUPTED) from None
+                    if query is not None and query.ended.is_set():  # another batch of it failed
+                        raise QueryInterrupted("query stopped: another part of it failed") from None
         except BaseException:
             future.cancel()
             if query is not None:
                 self.end_query(query)
+            self._barrier()  # the batch has let go of its requests: nothing more is sent for it
             for cache in {call.cache for call in calls if call.cache is not None}:
                 cache.flush(timeout=1.0)  # what arrived before the interrupt is on disk for a re-run
             raise
@@ -314,17 +336,34 @@ class Engine:
         return True
 
     def end_query(self, query: Query) -> None:
-        """Stops the query's prefetch and drops what it held; safe to call more than once."""
+        """Ends the query: stops its prefetch, drops what it held, sends nothing more for it, and
+        stops its batches still waiting (safe to call more than once, from any thread)."""
         query.stopped.set()
+        query.ended.set()
         loop = self._loop()
         loop.call_soon_threadsafe(self._drop_query, query)
 
     def cancel(self, which: Callable[[tuple], bool]) -> None:
-        """Cancels the running queries whose identity `which` accepts (see aiquery/_interrupt.py)."""
+        """Cancels and ends the running queries whose identity `which` accepts (aiquery/_process.py)."""
         with self._queries_lock:
-            for identity, query in self._queries.items():
-                if which(identity):
-                    query.cancelled.set()
+            chosen = [query for identity, query in list(self._queries.items()) if which(identity)]
+        for query in chosen:
+            query.cancelled.set()
+            self.end_query(query)
+
+    def _barrier(self, timeout: float = 5.0) -> None:
+        """Returns once the loop has run what other threads handed it before this call."""
+        try:
+            asyncio.run_coroutine_threadsafe(_call(lambda: None), self._loop()).result(timeout=timeout)
+        except concurrent.futures.TimeoutError:
+            pass  # a loop this busy still gets there; the caller has nothing to wait for
+
+    def pending(self) -> int:
+        """Requests sent and not yet answered, queued, or waiting to be retried, over every endpoint."""
+        def count() -> int:
+            queued = sum(not work.finished for rt in self._runtimes.values() for work in rt.queue)
+            return queued + self._retrying + sum(rt.limits.concurrency.in_flight for rt in self._runtimes.values())
+        return asyncio.run_coroutine_threadsafe(_call(count), self._loop()).result(timeout=10)
 
     def stats(self) -> dict[str, Usage]:
         """Usage per endpoint name since the engine started."""
@@ -361,6 +400,8 @@ class Engine:
     async def _run(self, calls: Sequence[Call], fail_fast: bool, query: Query | None) -> list:
         if query is not None:
             query.active += 1
+            if query.paused:
+                self._resume(query)
         outcomes: list[Any] = [None] * len(calls)
         waiting: dict[bytes, list[int]] = {}
         try:
@@ -441,6 +482,8 @@ class Engine:
             for _ in range(count):
                 self._take_hold(key, query)
             query.free(count)
+        if query.parked:
+            self._resume(query)  # what another query still needs is sent; the rest is finished and skipped
         with self._queries_lock:
             if self._queries.get(query.identity) is query:
                 del self._queries[query.identity]
@@ -451,15 +494,38 @@ class Engine:
                     self._finished.append(query)
 
     async def _watch_queries(self) -> None:
-        """Ends queries DuckDB has stopped calling us for (finished, failed or interrupted)."""
+        """Pauses and then ends queries DuckDB no longer runs (finished, failed, interrupted,
+        stopped early by a LIMIT or by their reader, or their connection closed), and ends queries
+        it cannot tell about once they have gone idle."""
         while True:
-            await asyncio.sleep(QUERY_IDLE_END / 4)
+            await asyncio.sleep(WATCH_INTERVAL)
             now = time.monotonic()
             with self._queries_lock:
-                idle = [q for q in self._queries.values() if q.active == 0 and now - q.last_active > QUERY_IDLE_END]
-            for query in idle:
-                query.stopped.set()
-                self._drop_query(query)
+                queries = list(self._queries.values())
+            for query in queries:
+                if query.active:
+                    continue  # a batch of it is in the engine: DuckDB runs it
+                gone = query.running is None or not query.running()
+                if gone and now - query.last_active > self._idle_end:
+                    self._end_now(query)
+                elif gone != query.paused:
+                    query.paused = gone
+                    if not gone:
+                        self._resume(query)
+
+    def _resume(self, query: Query) -> None:
+        """Queues again, first, what was read ahead for `query` and held back while it was paused."""
+        query.paused = False
+        parked, query.parked = query.parked, []
+        for rt, work in reversed(parked):
+            rt.queue.appendleft(work)
+        for rt in {id(rt): rt for rt, _ in parked}.values():
+            self._pump(rt)
+
+    def _end_now(self, query: Query) -> None:
+        query.stopped.set()
+        query.ended.set()
+        self._drop_query(query)
 
     def _maybe_drop(self, key: bytes, entry: _Entry) -> None:
         """Forgets an entry nobody needs; stops its request if it is still pending for no one."""
@@ -539,6 +605,13 @@ class Engine:
         try:
             while rt.queue and rt.workers <= int(rt.limits.concurrency.limit):
                 work = rt.queue.popleft()
+                query = work.query
+                if query is not None and (query.ended.is_set() or query.paused) and not self._awaited(work):
+                    if query.ended.is_set():
+                        self._drop_query(query)  # its end may still be on its way to the loop: finishes `work`
+                    else:
+                        query.parked.append((rt, work))
+                        continue
                 if not work.finished:
                     work.worker = asyncio.current_task()
                     await self._attempt(rt, work)
@@ -617,6 +690,10 @@ class Engine:
                 call.cache.put(key, endpoint.name, endpoint.model, answer)
         self._settle(work, answers)
 
+    def _awaited(self, work: _Work) -> bool:
+        """Whether a batch waits for the answer of `work` (else it was only read ahead)."""
+        return any(entry.waiters for entry in map(self._entries.get, work.keys) if entry is not None)
+
     def _settle(self, work: _Work, answers: list[Any]) -> None:
         """Hands each of the work's entries its answer or error."""
         work.finished = True
@@ -631,10 +708,18 @@ class Engine:
             self._maybe_drop(key, entry)
 
     async def _retry_later(self, rt: _Runtime, work: _Work, wait: float) -> None:
-        await self._sleep(wait)
+        self._retrying += 1
+        try:
+            await self._sleep(wait)
+        finally:
+            self._retrying -= 1
         if not work.finished:
             rt.queue.appendleft(work)  # a retry goes before rows that have not been tried yet
             self._pump(rt)
+
+
+async def _call(function: Callable[[], Any]) -> Any:
+    return function()
 
 
 def _check_dimension(rt: _Runtime, vectors: list[list[float]]) -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import re
-import weakref
 from collections.abc import Mapping
 from importlib import resources
 from typing import Any
@@ -13,6 +12,7 @@ import duckdb
 import orjson
 from duckdb import sqltypes
 
+from . import _process
 from ._cache import open_cache
 from ._config import (DEFAULT_CHAT_ENDPOINT, DEFAULT_EMBEDDING_ENDPOINT, load_endpoints, read_allowed_hosts,
                       read_default_endpoints, read_prices)
@@ -24,27 +24,40 @@ from ._types import ddl_to_duckdb_sql, sql_string
 from ._udf import Registration, make_udf
 from ._usage import endpoint_rows, query_rows
 
-UDF_NAME = "__aiquery_invoke"
-DATASET_UDF = "aiquery_dataset"
-USAGE_UDF = "__aiquery_usage"
-_registrations: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # connection -> its Registration
 UDF_PARAMETERS = [sqltypes.VARCHAR, sqltypes.VARCHAR, sqltypes.VARCHAR, sqltypes.BLOB, sqltypes.VARCHAR,
-                  sqltypes.UBIGINT]
+                  sqltypes.UBIGINT, sqltypes.UBIGINT]
+MACRO_FILES = ("options.sql", "ai_query.sql", "usage.sql", "datasets.sql", "functions.sql")
 
 
-def _statements(*files: str, embedding_endpoints: list[str] = (),
-                default_endpoints: Mapping[str, str] | None = None) -> list[str]:
-    """The SQL files under aiquery/sql/, placeholders filled in, one statement each."""
+def _sql_files(*files: str) -> str:
     text = "\n".join(resources.files("aiquery").joinpath(f"sql/{name}").read_text() for name in files)
-    text = "\n".join(line for line in text.splitlines() if not line.lstrip().startswith("--"))
-    names = "[" + ", ".join(sql_string(n) for n in sorted(embedding_endpoints)) + "]::VARCHAR[]"
-    text = text.replace("$EMBEDDING_ENDPOINTS", names)
-    defaults = default_endpoints or {}
-    text = text.replace("$DEFAULT_CHAT_ENDPOINT", sql_string(defaults.get("chat", DEFAULT_CHAT_ENDPOINT)))
-    text = text.replace("$DEFAULT_EMBEDDING_ENDPOINT",
-                        sql_string(defaults.get("embeddings", DEFAULT_EMBEDDING_ENDPOINT)))
-    text = re.sub(r"\$DDL\(([^)]*)\)", lambda m: ddl_to_duckdb_sql(m.group(1)), text)
+    return "\n".join(line for line in text.splitlines() if not line.lstrip().startswith("--"))
+
+
+def _split(text: str) -> list[str]:
     return [s.strip() for s in text.split(";") if s.strip()]
+
+
+def function_names(number: int) -> dict[str, str]:
+    """The names of one registration's Python functions, by their placeholder in the SQL files.
+    Numbered: two connections to one database file share its catalog of Python functions."""
+    return {"$INVOKE_UDF": f"__aiquery_invoke_{number}", "$USAGE_UDF": f"__aiquery_usage_{number}",
+            "$DATASET_UDF": f"__aiquery_dataset_{number}"}
+
+
+def render_macros(names: Mapping[str, str], embedding_endpoints: list[str],
+                  default_endpoints: Mapping[str, str]) -> str:
+    """aiquery's SQL functions as TEMP macros, every placeholder filled in but $CONTEXT (the
+    number of the connection or cursor they are created on, see aiquery/_process.py)."""
+    text = _sql_files(*MACRO_FILES)
+    for placeholder, name in names.items():
+        text = text.replace(placeholder, name)
+    text = text.replace("$EMBEDDING_ENDPOINTS",
+                        "[" + ", ".join(sql_string(n) for n in sorted(embedding_endpoints)) + "]::VARCHAR[]")
+    text = text.replace("$DEFAULT_CHAT_ENDPOINT", sql_string(default_endpoints.get("chat", DEFAULT_CHAT_ENDPOINT)))
+    text = text.replace("$DEFAULT_EMBEDDING_ENDPOINT",
+                        sql_string(default_endpoints.get("embeddings", DEFAULT_EMBEDDING_ENDPOINT)))
+    return re.sub(r"\$DDL\(([^)]*)\)", lambda m: ddl_to_duckdb_sql(m.group(1)), text)
 
 
 def register(con: duckdb.DuckDBPyConnection, *, endpoints: Mapping[str, Any] | None = None,
@@ -64,36 +77,19 @@ def register(con: duckdb.DuckDBPyConnection, *, endpoints: Mapping[str, Any] | N
     responses = None if cache is False else open_cache(None if cache is True else cache)
     prices = read_prices(config)
     engine = engine or Engine.shared()
-    registration = Registration(settings, engine, responses, prices, con, _statements("options.sql", "prefetch.sql"),
-                                interactive() if progress is None else progress)
+    defaults = _checked_defaults(read_default_endpoints(config), settings)
+    number = next(_process.numbers)
+    names = function_names(number)
+    embedding = [name for name, e in settings.items() if e.task == "embeddings"]
+    registration = Registration(settings, engine, responses, prices, con, _split(_sql_files("options.sql", "prefetch.sql")),
+                                render_macros(names, embedding, defaults), interactive() if progress is None else progress)
     registration.allowed_hosts = read_allowed_hosts(config)
-    registration.default_endpoints = _checked_defaults(read_default_endpoints(config), settings)
-    install(con, registration)
-    _registrations[con] = registration
-    _wrap_cursor()
+    registration.default_endpoints = defaults
+    earlier = _process.context_of(con)
+    install(con, registration, names, earlier.registration.function_names if earlier else None)
+    registration.function_names = names
+    _process.attach(con, registration)
     return con
-
-
-_original_cursor = duckdb.DuckDBPyConnection.cursor
-
-
-def _cursor(self: duckdb.DuckDBPyConnection) -> duckdb.DuckDBPyConnection:
-    """A cursor of an aiquery connection has the aiquery functions too: DuckDB shares the Python
-    UDFs with the cursor, but TEMP macros (ai_query itself) belong to the connection they were made on."""
-    cursor = _original_cursor(self)
-    registration = _registrations.get(self)
-    if registration is not None:
-        for statement in macro_statements(registration):
-            cursor.execute(statement)
-        _registrations[cursor] = registration
-    return cursor
-
-
-def _wrap_cursor() -> None:
-    """Wraps DuckDBPyConnection.cursor once, as aiquery._interrupt wraps interrupt()."""
-    if duckdb.DuckDBPyConnection.cursor is not _cursor:
-        _cursor.__doc__ = _original_cursor.__doc__
-        duckdb.DuckDBPyConnection.cursor = _cursor
 
 
 def _checked_defaults(defaults: dict[str, str], settings: Mapping[str, Any]) -> dict[str, str]:
@@ -108,40 +104,30 @@ def _checked_defaults(defaults: dict[str, str], settings: Mapping[str, Any]) -> 
 
 
 def registration_of(con: duckdb.DuckDBPyConnection) -> Registration:
-    registration = _registrations.get(con)
-    if registration is None:
+    context = _process.context_of(con)
+    if context is None:
         raise ArgumentError("this connection has no aiquery functions: make it with aiquery.connect() "
                             "or call aiquery.register(con) first")
-    return registration
+    return context.registration
 
 
-def install(con: duckdb.DuckDBPyConnection, registration: Registration) -> None:
-    """Creates the UDFs and macros of `registration` on `con`."""
+def install(con: duckdb.DuckDBPyConnection, registration: Registration, names: Mapping[str, str],
+            earlier: Mapping[str, str] | None) -> None:
+    """Creates the Python functions of `registration` on `con`, removing those of an earlier
+    registration on it (`earlier`: their names); the macros come with the context (aiquery/_process.py)."""
+    for name in (earlier or {}).values():
+        con.remove_function(name)
     engine, prices = registration.engine, registration.prices
-    for name in (UDF_NAME, DATASET_UDF, USAGE_UDF):
-        try:
-            con.remove_function(name)
-        except duckdb.InvalidInputException:
-            pass  # first registration on this connection
-    con.create_function(UDF_NAME, make_udf(registration), UDF_PARAMETERS, sqltypes.VARCHAR,
+    con.create_function(names["$INVOKE_UDF"], make_udf(registration), UDF_PARAMETERS, sqltypes.VARCHAR,
                         type="arrow", null_handling="special", side_effects=True)
     # Foldable (no side effects) so that it can name a file: read_parquet(aiquery_dataset('...')).
-    con.create_function(DATASET_UDF, dataset_path, [sqltypes.VARCHAR], sqltypes.VARCHAR, side_effects=False)
+    con.create_function(names["$DATASET_UDF"], dataset_path, [sqltypes.VARCHAR], sqltypes.VARCHAR, side_effects=False)
 
     def usage(kind: str) -> str:
         rows = endpoint_rows(engine, prices) if kind == "endpoints" else query_rows(engine, prices)
         return orjson.dumps(rows).decode()
 
-    con.create_function(USAGE_UDF, usage, [sqltypes.VARCHAR], sqltypes.VARCHAR, side_effects=True)
-    for statement in macro_statements(registration):
-        con.execute(statement)
-
-
-def macro_statements(registration: Registration) -> list[str]:
-    """The TEMP macros of aiquery's SQL functions (each connection or cursor needs its own)."""
-    embedding = [name for name, e in registration.endpoints.items() if e.task == "embeddings"]
-    return _statements("options.sql", "ai_query.sql", "usage.sql", "functions.sql", embedding_endpoints=embedding,
-                       default_endpoints=getattr(registration, "default_endpoints", None))
+    con.create_function(names["$USAGE_UDF"], usage, [sqltypes.VARCHAR], sqltypes.VARCHAR, side_effects=True)
 
 
 def connect(database: str = ":memory:", *, endpoints: Mapping[str, Any] | None = None,

@@ -9,7 +9,6 @@ send them, and check each answer against the requested type.
 from __future__ import annotations
 
 import difflib
-import itertools
 import json
 import threading
 import weakref
@@ -20,7 +19,7 @@ import duckdb
 import orjson
 import pyarrow as pa
 
-from . import _interrupt, _wire
+from . import _process, _wire
 from ._cache import ResponseCache
 from ._config import Endpoint
 from ._engine import Call, Engine, Query
@@ -205,9 +204,6 @@ def _row(value: Any, outcome: _wire.Answer | AIQueryError, options: Options) -> 
     return row
 
 
-_registrations = itertools.count()
-
-
 class Registration:
     """What one connection's aiquery functions use: its endpoints, the engine, and a way to open
     cursors for reading ahead. The connection is held weakly: it holds this object (through the
@@ -215,7 +211,7 @@ class Registration:
 
     def __init__(self, endpoints: dict[str, Endpoint], engine: Engine, cache: ResponseCache | None,
                  prices: dict[str, Price], connection: duckdb.DuckDBPyConnection, prefetch_macros: list[str],
-                 progress: bool = False):
+                 macros: str, progress: bool = False):
         self.endpoints = endpoints
         self.engine = engine
         self.cache = cache
@@ -239,8 +235,12 @@ class Registration:
         # Calls the prefetcher built, by the row's raw arguments, so DuckDB's batch need not build
         # them again. An entry is the same call whichever query asks; the bound only caps memory.
         self._prebuilt: dict[tuple, Call] = {}
-        self._token = next(_registrations)  # tells apart equal queries of different connections
-        _interrupt.watch(connection, engine, self._token)
+        self._macros = macros  # rendered once; each connection or cursor fills in its number
+        self.function_names: dict[str, str] = {}
+
+    def macros(self, context: int) -> list[str]:
+        """The TEMP macros of aiquery's SQL functions for the connection or cursor numbered `context`."""
+        return [s.strip() for s in self._macros.replace("$CONTEXT", str(context)).split(";") if s.strip()]
 
     def options(self, text: str) -> Options:
         opts = self._options.get(text)
@@ -298,7 +298,7 @@ class Registration:
         if connection is None:
             raise duckdb.ConnectionException("the connection was closed")
         with self._cursor_lock:
-            return connection.cursor()
+            return _process.raw_cursor(connection)
 
     def _open_prefetch_cursor(self) -> duckdb.DuckDBPyConnection:
         cursor = self._cursor()
@@ -322,13 +322,17 @@ class Registration:
             self._plans[statement] = result
         return result
 
-    def start_query(self, statement: str, txid: int, window: int) -> Query:
+    def start_query(self, context: int, statement: str, txid: int, window: int) -> Query:
         """The engine's record of this query; starts reading ahead when the query allows it."""
-        query, created = self.engine.query((self._token, txid, statement), window)
+        place = _process.context_by_number(context)
+        query, created = self.engine.query((context, txid, statement), window,
+                                           place.running if place is not None and place.tracked else None)
+        if created and place is not None and place.interrupted(txid):
+            self.engine.cancel(lambda identity: identity == query.identity)  # interrupted before its first batch
         if created and self.progress:
             figures = lambda: totals((u, price_of(model, self.prices))  # noqa: E731
                                      for (_, model), u in list(query.usage.items()))
-            Progress(figures, done=lambda: query.finished is not None or query.stopped.is_set())
+            Progress(figures, done=query.ended.is_set)
         if created and window > 0:
             planned = self._plan(statement)
             if planned is None:
@@ -342,11 +346,11 @@ class Registration:
 
 
 def make_udf(registration: Registration):
-    """The Arrow UDF __aiquery_invoke(endpoint, request, options, files, statement, txid)."""
+    """The Arrow UDF __aiquery_invoke_N(endpoint, request, options, files, statement, txid, context)."""
     engine = registration.engine
 
     def invoke(endpoints: pa.Array, requests: pa.Array, options: pa.Array, files: pa.Array,
-               statements: pa.Array, txids: pa.Array) -> pa.Array:
+               statements: pa.Array, txids: pa.Array, contexts: pa.Array) -> pa.Array:
         n = len(requests)
         names, raw_requests = endpoints.to_pylist(), requests.to_pylist()
         raw_options, images = options.to_pylist(), files.to_pylist()
@@ -375,7 +379,8 @@ def make_udf(registration: Registration):
         failed_options: dict[int, Options] = {}
         query, answers = None, []
         if calls:
-            query = registration.start_query(statements[0].as_py(), txids[0].as_py(), rows[0][1].lookahead)
+            query = registration.start_query(contexts[0].as_py(), statements[0].as_py(), txids[0].as_py(),
+                                             rows[0][1].lookahead)
             with query.udf_call():
                 answers = engine.run(calls, fail_fast=fail_fast, query=query)
         try:

@@ -258,9 +258,9 @@ def test_default_endpoints_come_from_the_config_file(endpoints, server, tmp_path
 
 
 def test_default_endpoints_are_the_built_in_models_otherwise(con):
-    from aiquery._registration import macro_statements, registration_of
+    from aiquery._registration import registration_of
 
-    statements = {s.split("MACRO ")[1].split("(")[0]: s for s in macro_statements(registration_of(con))}
+    statements = {s.split("MACRO ")[1].split("(")[0]: s for s in registration_of(con).macros(0)}
     assert "endpoint := 'local-chat'" in statements["ai_gen"]
     assert "endpoint := 'local-embed'" in statements["ai_similarity"]
 

@@ -2,7 +2,7 @@
 
 import json
 import os
-import re
+from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
@@ -20,6 +20,37 @@ def execute(path: Path, env_key: str) -> dict:
                                      resources={"metadata": {"path": str(path.parent)}})
     client.execute(env={**os.environ, "OPENAI_API_KEY": env_key})
     return notebook
+
+
+class _Cells(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.rows: list[list[str]] = []
+        self._cell: list[str] | None = None
+
+    def handle_starttag(self, tag, attrs):
+        if tag == "tr":
+            self.rows.append([])
+        elif tag in ("td", "th"):
+            self._cell = []
+
+    def handle_data(self, data):
+        if self._cell is not None:
+            self._cell.append(data)
+
+    def handle_endtag(self, tag):
+        if tag in ("td", "th") and self._cell is not None:
+            self.rows[-1].append("".join(self._cell).strip())
+            self._cell = None
+
+
+def table(result: dict) -> list[dict[str, str]]:
+    """A data frame's rows as the notebook shows them (its HTML form: no line wrapping, whatever
+    the display width), each a dict of column name to text."""
+    parser = _Cells()
+    parser.feed(result["data"]["text/html"])
+    header, *rows = [row for row in parser.rows if row]
+    return [dict(zip(header[1:], row[1:])) for row in rows]  # the first column is the frame's index
 
 
 def outputs(notebook) -> str:
@@ -43,9 +74,12 @@ def test_notebook_runs_and_shows_results(path):
         assert "local-chat:" in text and "completion tokens" in text
     if path.name == "usage_and_cost.ipynb":
         results = [o for cell in notebook.cells for o in cell.get("outputs", []) if o["output_type"] == "execute_result"]
-        estimate, usage, details, per_query, second = (r["data"]["text/plain"] for r in results)
-        assert "local-chat" in estimate and "smollm2-135m-instruct tokenizer" in estimate
-        assert "cost_usd" in usage and "latency_p95_ms" in usage
-        assert "finish_reason" in details
-        assert re.search(r"^1\s+2\s+CREATE .*\s0\s+40\s*$", per_query, flags=re.M), per_query  # re-run: all hits
-        assert second.split()[-2:] == ["40", "40"]
+        estimate, usage, details, per_query, second = (table(r) for r in results)
+        assert estimate[0]["endpoint"] == "local-chat"
+        assert estimate[0]["token_count"] == "smollm2-135m-instruct tokenizer"
+        assert {"cost_usd", "latency_p95_ms"} <= set(usage[0])
+        assert "finish_reason" in details[0]
+        first_run, rerun = per_query
+        assert first_run["requests"] == "40" and first_run["cache_hits"] == "0"
+        assert rerun["requests"] == "0" and rerun["cache_hits"] == "40"  # the re-run: all from the cache
+        assert second == [{"cached": "40", "rows": "40"}]

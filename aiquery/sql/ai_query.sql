@@ -1,9 +1,10 @@
 -- ai_query(endpoint, request [, modelParameters, failOnError, responseFormat, returnType, files, cache, details])
 --
--- The Python UDF __aiquery_invoke answers JSON text; json_transform_strict turns it into the
+-- The Python UDF $INVOKE_UDF answers JSON text; json_transform_strict turns it into the
 -- column's type. DuckDB must know that type at bind time, so it is computed here, from the
 -- constant arguments, with string functions only (a Python call cannot run at bind time).
--- $EMBEDDING_ENDPOINTS and $DDL(...) are filled in at registration (aiquery/_registration.py);
+-- $EMBEDDING_ENDPOINTS, $DDL(...) and the Python functions' names ($INVOKE_UDF, ...) are filled in at
+-- registration (aiquery/_registration.py), $CONTEXT for each connection or cursor (aiquery/_process.py);
 -- __aiquery_options comes from options.sql.
 
 -- The answer's type: returnType, else a DDL responseFormat, else what the endpoint's task returns.
@@ -28,10 +29,11 @@ CREATE OR REPLACE TEMP MACRO ai_query(endpoint, request, modelParameters := NULL
                                       responseFormat := NULL, returnType := NULL, files := NULL,
                                       cache := NULL, details := false) AS
 json_transform_strict(
-    -- current_query() and txid_current() tell the UDF which query a batch belongs to (for reading ahead).
-    __aiquery_invoke(endpoint, to_json(request),
-                     __aiquery_options(modelParameters, failOnError, responseFormat, returnType, cache, details),
-                     files, current_query(), txid_current()),
+    -- $CONTEXT (the connection or cursor), txid_current() and current_query() tell the UDF which
+    -- query a batch belongs to (for reading ahead, and to stop its requests when it ends).
+    $INVOKE_UDF(endpoint, to_json(request),
+                __aiquery_options(modelParameters, failOnError, responseFormat, returnType, cache, details),
+                files, current_query(), txid_current(), $CONTEXT),
     -- nullif(endpoint, endpoint) adds nothing: it only makes DuckDB check this macro at its first use,
     -- when the arguments are known constants, instead of at CREATE time.
     concat(to_json(__aiquery_column_type(endpoint, failOnError, responseFormat, returnType, details)),

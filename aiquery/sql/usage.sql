@@ -1,7 +1,7 @@
 -- Usage figures as tables: aiquery_usage() per endpoint since the process started,
 -- aiquery_query_usage() per query (the running ones and the last 100) and endpoint: `finished` is
--- NULL while it runs (a query counts as finished 2 s after its last batch).
--- __aiquery_usage is a Python UDF (aiquery/_usage.py) answering the rows as JSON.
+-- NULL while it runs.
+-- $USAGE_UDF is a Python UDF (aiquery/_usage.py) answering the rows as JSON.
 
 CREATE OR REPLACE TEMP MACRO __aiquery_usage_columns() AS
 '{"requests": "BIGINT", "answered": "BIGINT", "cache_hits": "BIGINT", "retries": "BIGINT",
@@ -11,7 +11,7 @@ CREATE OR REPLACE TEMP MACRO __aiquery_usage_columns() AS
 
 CREATE OR REPLACE TEMP MACRO aiquery_usage() AS TABLE
 SELECT *
-FROM (SELECT unnest(json_transform_strict(__aiquery_usage('endpoints'),
+FROM (SELECT unnest(json_transform_strict($USAGE_UDF('endpoints'),
                     '[{"endpoint": "VARCHAR", "model": "VARCHAR", ' || __aiquery_usage_columns()[2:] || ']'),
                     recursive := true))
 ORDER BY endpoint;
@@ -20,7 +20,7 @@ CREATE OR REPLACE TEMP MACRO aiquery_query_usage() AS TABLE
 -- Times are UTC TIMESTAMPs: Python reads a TIMESTAMPTZ only with pytz installed.
 SELECT * REPLACE (make_timestamp((started * 1e6)::BIGINT) AS started,
                   make_timestamp((finished * 1e6)::BIGINT) AS finished)
-FROM (SELECT unnest(json_transform_strict(__aiquery_usage('queries'),
+FROM (SELECT unnest(json_transform_strict($USAGE_UDF('queries'),
                     '[{"query_id": "BIGINT", "statement": "VARCHAR", "started": "DOUBLE", "finished": "DOUBLE", '
                     || '"endpoint": "VARCHAR", "model": "VARCHAR", ' || __aiquery_usage_columns()[2:] || ']'),
                     recursive := true))

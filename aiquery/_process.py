@@ -1,0 +1,165 @@
+"""Everything aiquery installs in the Python process, and the process-wide state it keeps.
+
+Installed once, by the first registration (aiquery.connect / aiquery.register):
+
+* `DuckDBPyConnection.cursor` is wrapped: a cursor of an aiquery connection is a context of its
+  own. It gets the aiquery macros (TEMP macros belong to the connection or cursor they were made
+  on, while Python functions are shared by every connection of a database), DuckDB's progress
+  tracking is turned on for it (see `Context.running`), and its queries are told apart from its
+  connection's.
+* `DuckDBPyConnection.interrupt` is wrapped: it also cancels the requests of the queries running
+  on that connection or cursor, at once; DuckDB's own interrupt waits for the running batch.
+* A SIGINT handler (Ctrl-C in a terminal, "interrupt kernel" in Jupyter) cancels every running
+  aiquery query of the process, then hands the signal to the handler it replaced (which raises
+  KeyboardInterrupt as usual). Installed from the main thread only, and only over Python's default
+  handler or someone else's handler that it then calls, never over SIG_IGN / SIG_DFL.
+
+State, all of it held weakly so that nothing here keeps a connection or an engine alive:
+
+* `contexts`: each connection or cursor with aiquery functions -> its Context (and `by_number`).
+* `engines`: the engines of the process, for the SIGINT handler.
+* `numbers`: unique in the process. A context's number is written into its macros, so each batch
+  names the context its query runs on; a registration's number is in its Python functions' names,
+  because two connections to one database file share that file's catalog of Python functions.
+
+The other process-wide objects are the shared engine (`Engine.shared()`, aiquery/_engine.py) and
+the open response caches (aiquery/_cache.py).
+"""
+
+from __future__ import annotations
+
+import itertools
+import signal
+import threading
+import weakref
+from collections.abc import Callable
+from typing import Any
+
+import duckdb
+
+# DuckDB reports a query's progress only while its progress bar is enabled; printing it is turned
+# off because aiquery shows its own line (aiquery/_progress.py), and progress_bar_time = 0 has
+# DuckDB track a query from its start rather than after 2 s.
+PROGRESS_SETTINGS = ("SET enable_progress_bar_print = false", "SET enable_progress_bar = true",
+                     "SET progress_bar_time = 0")
+
+contexts: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # connection or cursor -> Context
+by_number: weakref.WeakValueDictionary = weakref.WeakValueDictionary()  # Context.number -> Context
+engines: weakref.WeakSet = weakref.WeakSet()
+numbers = itertools.count(1)
+_lock = threading.Lock()
+_original_cursor = duckdb.DuckDBPyConnection.cursor
+_original_interrupt = duckdb.DuckDBPyConnection.interrupt
+
+
+class Context:
+    """A connection or cursor with aiquery functions: the registration it uses and its number."""
+
+    def __init__(self, connection: duckdb.DuckDBPyConnection, registration: Any) -> None:
+        self.registration = registration
+        self.number = next(numbers)
+        self._connection = weakref.ref(connection)
+        # Transactions of this database numbered below this one began before the last interrupt():
+        # a query of one of them reaching its first ai_query batch only now is cancelled at once.
+        self.interrupted_before: int | None = None
+        try:
+            for statement in PROGRESS_SETTINGS:
+                connection.execute(statement)
+            self.tracked = True
+        except duckdb.Error:  # in Jupyter without ipywidgets, DuckDB refuses any progress setting
+            self.tracked = False  # then a query here ends when it has gone idle (Engine idle_end)
+        for statement in registration.macros(self.number):
+            connection.execute(statement)
+
+    def running(self) -> bool:
+        """Whether DuckDB runs a query on this context now (or holds a result it has not finished
+        handing over). Safe from any thread: it reads DuckDB's progress figure, it runs no query."""
+        connection = self._connection()
+        if connection is None:
+            return False
+        try:
+            return connection.query_progress() >= 0
+        except duckdb.Error:  # closed
+            return False
+
+    def interrupt(self) -> None:
+        """Cancels the queries running here, including one that has not reached the engine yet."""
+        connection = self._connection()
+        if connection is not None:
+            try:
+                cursor = _original_cursor(connection)
+                try:  # transaction numbers only grow: this one is above every query begun so far
+                    self.interrupted_before = cursor.execute("SELECT txid_current()").fetchone()[0]
+                finally:
+                    cursor.close()
+            except duckdb.Error:
+                pass  # closed: nothing runs here
+        self.registration.engine.cancel(lambda identity: identity[0] == self.number)
+
+    def interrupted(self, txid: int) -> bool:
+        """Whether the query of transaction `txid` began before the last interrupt() here."""
+        return self.interrupted_before is not None and txid < self.interrupted_before
+
+
+def attach(connection: duckdb.DuckDBPyConnection, registration: Any) -> Context:
+    """Makes `connection` an aiquery context of `registration` (replacing an earlier one)."""
+    context = Context(connection, registration)
+    with _lock:
+        contexts[connection] = context
+        by_number[context.number] = context
+        engines.add(registration.engine)
+    _install()
+    return context
+
+
+def context_of(connection: duckdb.DuckDBPyConnection) -> Context | None:
+    return contexts.get(connection)
+
+
+def context_by_number(number: int) -> Context | None:
+    return by_number.get(number)
+
+
+def raw_cursor(connection: duckdb.DuckDBPyConnection) -> duckdb.DuckDBPyConnection:
+    """A plain DuckDB cursor, without the aiquery macros: for aiquery's own planning and reading ahead."""
+    return _original_cursor(connection)
+
+
+def _cursor(self: duckdb.DuckDBPyConnection) -> duckdb.DuckDBPyConnection:
+    cursor = _original_cursor(self)
+    context = contexts.get(self)
+    if context is not None:
+        attach(cursor, context.registration)
+    return cursor
+
+
+def _interrupt(self: duckdb.DuckDBPyConnection) -> None:
+    context = contexts.get(self)
+    if context is not None:
+        context.interrupt()
+    _original_interrupt(self)
+
+
+class _SigintHandler:
+    def __init__(self, previous: Callable) -> None:
+        self.previous = previous
+
+    def __call__(self, signum: int, frame: Any) -> Any:
+        for engine in list(engines):
+            engine.cancel(lambda identity: True)
+        return self.previous(signum, frame)
+
+
+def _install() -> None:
+    if duckdb.DuckDBPyConnection.cursor is not _cursor:
+        _cursor.__doc__ = _original_cursor.__doc__
+        duckdb.DuckDBPyConnection.cursor = _cursor
+    if duckdb.DuckDBPyConnection.interrupt is not _interrupt:
+        _interrupt.__doc__ = _original_interrupt.__doc__
+        duckdb.DuckDBPyConnection.interrupt = _interrupt
+    if threading.current_thread() is not threading.main_thread():
+        return  # signal.signal() works on the main thread only; a later registration there installs it
+    current = signal.getsignal(signal.SIGINT)
+    if isinstance(current, _SigintHandler) or not callable(current):
+        return  # already ours, or SIG_IGN / SIG_DFL / set from C: the user chose, leave it
+    signal.signal(signal.SIGINT, _SigintHandler(current))
