@@ -10,6 +10,7 @@ from ._engine import Engine
 from ._errors import (AIQueryError, ArgumentError, ConfigError, HTTPStatusError, OutputError, QueryInterrupted,
                       RequestError, ResponseError, TransportError, UnknownEndpointError)
 from ._estimate import estimate
+from ._readahead import explain
 from ._registration import connect, register
 from ._transport import AiohttpTransport, HttpxTransport
 
@@ -18,5 +19,5 @@ __version__ = "0.1.0"
 __all__ = [
     "AIQueryError", "AiohttpTransport", "ArgumentError", "ConfigError", "Endpoint", "Engine", "HTTPStatusError",
     "HttpxTransport", "OutputError", "QueryInterrupted", "RequestError", "ResponseError", "TransportError", "UnknownEndpointError",
-    "connect", "estimate", "register",
+    "connect", "estimate", "explain", "register",
 ]

@@ -5,6 +5,7 @@
     aiquery run job.sql --output scored.parquet  # or .csv / .json: the last result written there
     aiquery endpoints                            # name, task, provider, model, URL, where settings came from
     aiquery estimate job.sql                     # rows, requests, cache hits, tokens, cost and time; no model called
+    aiquery explain job.sql                      # which calls are read ahead of DuckDB, and why not
     aiquery cache                                # the response cache: answers and hits per endpoint
     aiquery cache clear [--endpoint NAME] [--older-than 7d]
 
@@ -27,6 +28,7 @@ from ._config import OPENAI_BASE_URL, load_endpoints
 from ._errors import AIQueryError
 from ._engine import Engine
 from ._estimate import estimate
+from ._readahead import explain
 from ._progress import Progress, interactive, totals
 from ._registration import connect, registration_of
 from ._types import sql_string
@@ -73,6 +75,17 @@ def _run(args: argparse.Namespace) -> int:
             con.execute(f"COPY {RESULT_TABLE} TO {sql_string(args.output)} (FORMAT {output_format})")
             rows = con.execute(f"SELECT count(*) FROM {RESULT_TABLE}").fetchall()[0][0]
             print(f"wrote {rows:,} rows to {args.output}")
+    finally:
+        con.close()
+    return 0
+
+
+def _explain(args: argparse.Namespace) -> int:
+    sql = _sql_argument(args, "explain")
+    con = connect(args.db, config=args.config, progress=False)
+    try:
+        for number, plan in enumerate(explain(con, sql), 1):
+            print(f"statement {number}: {plan}")
     finally:
         con.close()
     return 0
@@ -179,6 +192,12 @@ def main(argv: list[str] | None = None) -> int:
     estimating.add_argument("--db", default=":memory:", help="a DuckDB database file (default: in memory)")
     estimating.add_argument("--config", help="endpoint settings (default: ./aiquery.toml or $AIQUERY_CONFIG)")
     estimating.set_defaults(handler=_estimate)
+    explaining = commands.add_parser("explain", help="which ai_query calls are read ahead, and why not; no model called")
+    explaining.add_argument("file", nargs="?", help="a SQL file (statements separated by ;)")
+    explaining.add_argument("-e", "--execute", metavar="SQL", help="SQL to explain instead of a file")
+    explaining.add_argument("--db", default=":memory:", help="a DuckDB database file (default: in memory)")
+    explaining.add_argument("--config", help="endpoint settings (default: ./aiquery.toml or $AIQUERY_CONFIG)")
+    explaining.set_defaults(handler=_explain)
     listing = commands.add_parser("endpoints", help="list endpoints with their task and where their settings came from")
     listing.add_argument("--config", help="endpoint settings (default: ./aiquery.toml or $AIQUERY_CONFIG)")
     listing.set_defaults(handler=_endpoints)

@@ -6,7 +6,7 @@ blocks until every row has an answer or an error. One engine serves the whole pr
 (`Engine.shared()`), so an endpoint's limits hold across every connection and query.
 
 Requests are entries keyed by URL and body. A batch waits on entries; a prefetcher
-(aiquery/_prefetch.py) can *hold* entries for rows DuckDB has not handed over yet, which keeps the
+(aiquery/_readahead.py) can *hold* entries for rows DuckDB has not handed over yet, which keeps the
 endpoint busy between batches. Identical requests share one entry while in flight, and a query
 remembers its answers (bounded) so a repeat later in the same query is not sent again.
 """
@@ -132,6 +132,7 @@ class Query:
     prefetch_busy: bool = False
     prefetcher: threading.Thread | None = None
     may_read_ahead: bool = False  # a prefetcher runs or is being planned: batches record what they took
+    read_ahead: str = "no: it came back after it had gone quiet"  # or "yes", or "no: <why>"
     room: threading.Condition = field(default_factory=threading.Condition)
     held_rows: int = 0  # window slots in use
 

@@ -9,6 +9,9 @@ Installed once, by the first registration (aiquery.connect / aiquery.register):
   connection's.
 * `DuckDBPyConnection.interrupt` is wrapped: it also cancels the requests of the queries running
   on that connection or cursor, at once; DuckDB's own interrupt waits for the running batch.
+* `execute`, `register` and `unregister` are wrapped to note, on an aiquery context, the parameter
+  values a statement runs with and the Python objects registered by name: reading ahead runs a
+  second query over the same data on another cursor, which sees neither (aiquery/_planner.py).
 * A SIGINT handler (Ctrl-C in a terminal, "interrupt kernel" in Jupyter) cancels every running
   aiquery query of the process, then hands the signal to the handler it replaced (which raises
   KeyboardInterrupt as usual). Installed from the main thread only, and only over Python's default
@@ -48,8 +51,9 @@ by_number: weakref.WeakValueDictionary = weakref.WeakValueDictionary()  # Contex
 engines: weakref.WeakSet = weakref.WeakSet()
 numbers = itertools.count(1)
 _lock = threading.Lock()
-_original_cursor = duckdb.DuckDBPyConnection.cursor
-_original_interrupt = duckdb.DuckDBPyConnection.interrupt
+_original = {name: getattr(duckdb.DuckDBPyConnection, name)
+             for name in ("cursor", "interrupt", "execute", "register", "unregister")}
+_original_cursor = _original["cursor"]
 
 
 class Context:
@@ -62,6 +66,8 @@ class Context:
         # Transactions of this database numbered below this one began before the last interrupt():
         # a query of one of them reaching its first ai_query batch only now is cancelled at once.
         self.interrupted_before: int | None = None
+        self.registered: dict[str, Any] = {}  # con.register(name, object) here
+        self.parameters: tuple[str, Any] | None = None  # the last statement executed with parameters, and them
         try:
             for statement in PROGRESS_SETTINGS:
                 connection.execute(statement)
@@ -95,6 +101,12 @@ class Context:
             except duckdb.Error:
                 pass  # closed: nothing runs here
         self.registration.engine.cancel(lambda identity: identity[0] == self.number)
+
+    def parameters_of(self, statement: str) -> Any:
+        """The parameter values `statement` was last executed with here, if it was."""
+        if self.parameters is not None and self.parameters[0] == statement:
+            return self.parameters[1]
+        return None
 
     def interrupted(self, txid: int) -> bool:
         """Whether the query of transaction `txid` began before the last interrupt() here."""
@@ -137,7 +149,34 @@ def _interrupt(self: duckdb.DuckDBPyConnection) -> None:
     context = contexts.get(self)
     if context is not None:
         context.interrupt()
-    _original_interrupt(self)
+    _original["interrupt"](self)
+
+
+def _execute(self: duckdb.DuckDBPyConnection, query: object, parameters: object | None = None):
+    context = contexts.get(self)
+    if context is not None:
+        context.parameters = (query, parameters) if parameters is not None and isinstance(query, str) else None
+    return _original["execute"](self, query, parameters)
+
+
+def _register(self: duckdb.DuckDBPyConnection, view_name: str, python_object: object):
+    result = _original["register"](self, view_name, python_object)
+    context = contexts.get(self)
+    if context is not None:
+        context.registered[view_name] = python_object
+    return result
+
+
+def _unregister(self: duckdb.DuckDBPyConnection, view_name: str):
+    result = _original["unregister"](self, view_name)
+    context = contexts.get(self)
+    if context is not None:
+        context.registered.pop(view_name, None)
+    return result
+
+
+_WRAPPERS = {"cursor": _cursor, "interrupt": _interrupt, "execute": _execute, "register": _register,
+             "unregister": _unregister}
 
 
 class _SigintHandler:
@@ -151,12 +190,10 @@ class _SigintHandler:
 
 
 def _install() -> None:
-    if duckdb.DuckDBPyConnection.cursor is not _cursor:
-        _cursor.__doc__ = _original_cursor.__doc__
-        duckdb.DuckDBPyConnection.cursor = _cursor
-    if duckdb.DuckDBPyConnection.interrupt is not _interrupt:
-        _interrupt.__doc__ = _original_interrupt.__doc__
-        duckdb.DuckDBPyConnection.interrupt = _interrupt
+    for name, wrapper in _WRAPPERS.items():
+        if getattr(duckdb.DuckDBPyConnection, name) is not wrapper:
+            wrapper.__doc__ = _original[name].__doc__
+            setattr(duckdb.DuckDBPyConnection, name, wrapper)
     if threading.current_thread() is not threading.main_thread():
         return  # signal.signal() works on the main thread only; a later registration there installs it
     current = signal.getsignal(signal.SIGINT)

@@ -27,6 +27,8 @@ from ._usage import endpoint_rows, query_rows
 UDF_PARAMETERS = [sqltypes.VARCHAR, sqltypes.VARCHAR, sqltypes.VARCHAR, sqltypes.BLOB, sqltypes.VARCHAR,
                   sqltypes.UBIGINT, sqltypes.UBIGINT]
 MACRO_FILES = ("options.sql", "ai_query.sql", "usage.sql", "datasets.sql", "functions.sql")
+READAHEAD_FILES = ("options.sql", "readahead.sql", "functions.sql", "readahead_functions.sql")
+_MACRO = re.compile(r"CREATE OR REPLACE TEMP MACRO (\w+)\((.*)", re.S)
 
 
 def _sql_files(*files: str) -> str:
@@ -45,11 +47,11 @@ def function_names(number: int) -> dict[str, str]:
             "$DATASET_UDF": f"__aiquery_dataset_{number}"}
 
 
-def render_macros(names: Mapping[str, str], embedding_endpoints: list[str],
+def render_macros(files: tuple[str, ...], names: Mapping[str, str], embedding_endpoints: list[str],
                   default_endpoints: Mapping[str, str]) -> str:
     """aiquery's SQL functions as TEMP macros, every placeholder filled in but $CONTEXT (the
     number of the connection or cursor they are created on, see aiquery/_process.py)."""
-    text = _sql_files(*MACRO_FILES)
+    text = _sql_files(*files)
     for placeholder, name in names.items():
         text = text.replace(placeholder, name)
     text = text.replace("$EMBEDDING_ENDPOINTS",
@@ -58,6 +60,19 @@ def render_macros(names: Mapping[str, str], embedding_endpoints: list[str],
     text = text.replace("$DEFAULT_EMBEDDING_ENDPOINT",
                         sql_string(default_endpoints.get("embeddings", DEFAULT_EMBEDDING_ENDPOINT)))
     return re.sub(r"\$DDL\(([^)]*)\)", lambda m: ddl_to_duckdb_sql(m.group(1)), text)
+
+
+def site_functions(macros: str) -> frozenset[str]:
+    """ai_query and the public macros that call it, directly or through another: the calls the
+    read-ahead planner looks for (aiquery/_planner.py)."""
+    bodies = {m.group(1): m.group(2) for m in map(_MACRO.match, _split(macros)) if m}
+    sites = {"ai_query"}
+    while True:
+        more = {name for name, body in bodies.items() if not name.startswith("__") and name not in sites
+                and any(re.search(rf"\b{site}\(", body) for site in sites)}
+        if not more:
+            return frozenset(sites)
+        sites |= more
 
 
 def register(con: duckdb.DuckDBPyConnection, *, endpoints: Mapping[str, Any] | None = None,
@@ -81,8 +96,10 @@ def register(con: duckdb.DuckDBPyConnection, *, endpoints: Mapping[str, Any] | N
     number = next(_process.numbers)
     names = function_names(number)
     embedding = [name for name, e in settings.items() if e.task == "embeddings"]
-    registration = Registration(settings, engine, responses, prices, con, _split(_sql_files("options.sql", "prefetch.sql")),
-                                render_macros(names, embedding, defaults), interactive() if progress is None else progress)
+    macros = render_macros(MACRO_FILES, names, embedding, defaults)
+    registration = Registration(settings, engine, responses, prices, con,
+                                _split(render_macros(READAHEAD_FILES, names, embedding, defaults)), macros,
+                                site_functions(macros), interactive() if progress is None else progress)
     registration.allowed_hosts = read_allowed_hosts(config)
     registration.default_endpoints = defaults
     earlier = _process.context_of(con)

@@ -24,7 +24,8 @@ from ._cache import ResponseCache
 from ._config import Endpoint
 from ._engine import Call, Engine, Query
 from ._errors import AIQueryError, ArgumentError, ConfigError, OutputError, UnknownEndpointError
-from ._prefetch import Plan, Prefetcher, plan
+from ._planner import Plan, plan
+from ._readahead import Prefetcher
 from ._providers import Target, resolve
 from ._types import SqlType, conform, parse_output, parse_type
 from ._progress import Progress, totals
@@ -210,8 +211,8 @@ class Registration:
     UDF), and a cycle through DuckDB's C++ side would never be collected."""
 
     def __init__(self, endpoints: dict[str, Endpoint], engine: Engine, cache: ResponseCache | None,
-                 prices: dict[str, Price], connection: duckdb.DuckDBPyConnection, prefetch_macros: list[str],
-                 macros: str, progress: bool = False):
+                 prices: dict[str, Price], connection: duckdb.DuckDBPyConnection, readahead_macros: list[str],
+                 macros: str, sites: frozenset[str], progress: bool = False):
         self.endpoints = endpoints
         self.engine = engine
         self.cache = cache
@@ -227,8 +228,9 @@ class Registration:
                                   "input = and output = (USD per million tokens) to the config file")
         self._connection = weakref.ref(connection)
         self._cursor_lock = threading.Lock()  # a DuckDB connection object is used by one thread at a time
-        self.prefetch_macros = prefetch_macros
-        self._plans: dict[str, Plan | None] = {}
+        self.readahead_macros = readahead_macros
+        self.sites = sites  # ai_query and the task functions: what the planner reads ahead
+        self._plans: dict[str, Plan] = {}
         self._options: dict[str, Options] = {}
         self._targets: dict[str, Target] = {}
         self._params: dict[tuple[str, str], dict] = {}  # endpoint defaults merged with modelParameters
@@ -300,25 +302,31 @@ class Registration:
         with self._cursor_lock:
             return _process.raw_cursor(connection)
 
-    def _open_prefetch_cursor(self) -> duckdb.DuckDBPyConnection:
+    def _open_readahead_cursor(self) -> duckdb.DuckDBPyConnection:
         cursor = self._cursor()
-        for statement in self.prefetch_macros:
+        for statement in self.readahead_macros:
             cursor.execute(statement)
         return cursor
 
-    def _plan(self, statement: str) -> Plan | None:
+    def plan(self, statement: str, context: _process.Context | None = None, parameters: Any = None) -> Plan:
+        """How reading ahead would go for `statement` run on `context` (see aiquery/_planner.py),
+        with `parameters` or else the ones it was last executed with there."""
         cached = self._plans.get(statement)
-        if cached is not None and not cached.objects:
-            return cached  # objects are looked up again each time: the variable may name new data
+        if cached is not None:
+            return cached
+        registered = context.registered if context is not None else {}
+        if parameters is None and context is not None:
+            parameters = context.parameters_of(statement)
         try:
             cursor = self._cursor()
             try:
-                result = plan(statement, cursor)
+                result = plan(statement, cursor, self.sites, registered, parameters)
             finally:
                 cursor.close()
-        except duckdb.Error:
-            result = None
-        if len(self._plans) < 256 and (result is None or not result.objects):
+        except duckdb.Error as exc:
+            result = Plan(refusal=f"it could not be planned ({exc})")
+        # Objects and parameters are looked up again each time: the names may mean new data.
+        if len(self._plans) < 256 and not result.objects and result.parameters is None:
             self._plans[statement] = result
         return result
 
@@ -334,14 +342,17 @@ class Registration:
                                      for (_, model), u in list(query.usage.items()))
             Progress(figures, done=query.ended.is_set)
         if created and window > 0:
-            planned = self._plan(statement)
-            if planned is None:
+            planned = self.plan(statement, place)
+            query.read_ahead = "yes" if planned.reads_ahead else f"no: {planned.refusal}"
+            if not planned.reads_ahead:
                 query.may_read_ahead = False
             else:
                 hold = lambda calls: self.engine.hold(calls, query)  # noqa: E731
-                query.prefetcher = Prefetcher(planned, self._open_prefetch_cursor, self.prefetch_calls, hold,
+                query.prefetcher = Prefetcher(planned, self._open_readahead_cursor, self.prefetch_calls, hold,
                                               query.duckdb_turn)
                 query.prefetcher.start()
+        elif created:
+            query.read_ahead = "no: the endpoint's lookahead setting is 0"
         return query
 
 
@@ -381,6 +392,8 @@ def make_udf(registration: Registration):
         if calls:
             query = registration.start_query(contexts[0].as_py(), statements[0].as_py(), txids[0].as_py(),
                                              rows[0][1].lookahead)
+            if query.prefetcher is not None:
+                query.prefetcher.observe([call.key for call in calls])
             with query.udf_call():
                 answers = engine.run(calls, fail_fast=fail_fast, query=query)
         try:

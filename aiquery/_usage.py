@@ -116,5 +116,5 @@ def endpoint_rows(engine: Any, prices: dict[str, Price]) -> list[dict[str, Any]]
 
 def query_rows(engine: Any, prices: dict[str, Price]) -> list[dict[str, Any]]:
     return [{"query_id": query.number, "statement": query.identity[2], "started": query.started,
-             "finished": query.finished, "endpoint": name, "model": model, **usage.row(price_of(model, prices))}
+             "finished": query.finished, "read_ahead": query.read_ahead, "endpoint": name, "model": model, **usage.row(price_of(model, prices))}
             for query, name, model, usage in engine.query_usage()]

@@ -4,37 +4,6 @@ import duckdb
 import pytest
 
 import aiquery
-from aiquery._prefetch import plan
-
-
-@pytest.mark.parametrize("statement, expected", [
-    ("SELECT id, ai_query('chat', p) FROM t", "SELECT ai_query('chat', p) AS c0 FROM t"),
-    ("CREATE TABLE s AS SELECT id, ai_query('chat', p) AS a FROM t WHERE id > 3",
-     "SELECT ai_query('chat', p) AS c0 FROM t WHERE (id > 3)"),
-    ("create or replace temp table s as select ai_query('chat', p) from t",
-     "SELECT ai_query('chat', p) AS c0 FROM t"),
-    ("INSERT INTO s (a) SELECT ai_query('chat', p) FROM t", "SELECT ai_query('chat', p) AS c0 FROM t"),
-    ("SELECT r.label FROM (SELECT ai_query('chat', p, responseFormat => 'STRUCT<label: STRING>') AS r FROM t) ORDER BY 1",
-     "SELECT ai_query('chat', p, responseFormat := 'STRUCT<label: STRING>') AS c0 FROM t"),
-    ("SELECT ai_query('chat', p), ai_query('embed', p) FROM t ORDER BY id",
-     "SELECT ai_query('chat', p) AS c0, ai_query('embed', p) AS c1 FROM t"),
-    ('WITH df AS NOT MATERIALIZED (SELECT * FROM "__duckdb_source_ab_1") '  # how DuckDB wraps a Python object
-     "SELECT * FROM (SELECT id, ai_query('chat', p) AS a FROM df) AS \"unnamed_relation_1\"",
-     "SELECT ai_query('chat', p) AS c0 FROM df"),
-    ("SELECT ai_query('chat', p) FROM t LIMIT 3", None),                          # DuckDB stops early
-    ("SELECT CASE WHEN id > 1 THEN ai_query('chat', p) END FROM t", None),         # not every row
-    ("SELECT coalesce(x, ai_query('chat', p)) FROM t", None),
-    ("SELECT ai_query('chat', p) FROM t WHERE ai_query('chat', q) = 'yes'", None),  # a call in WHERE
-    ("SELECT ai_query('chat', p || random()) FROM t", None),                       # volatile arguments
-    ("SELECT ai_query('chat', p) FROM t USING SAMPLE 10", None),
-    ("SELECT * FROM (SELECT ai_query('chat', p) AS a FROM t) WHERE id < 3", None),  # filter pushed below
-    ("SELECT ai_query('chat', ai_query('chat', p)) FROM t", None),                 # nested calls
-    ("SELECT 1", None),
-])
-def test_which_queries_are_read_ahead(statement, expected):
-    with duckdb.connect() as con:
-        planned = plan(statement, con)
-        assert (planned and planned.sql) == expected
 
 
 def _table(con, rows, prompt="'row ' || i"):

@@ -7,7 +7,7 @@ def test_public_names():
     assert sorted(aiquery.__all__) == sorted([
         "AIQueryError", "AiohttpTransport", "ArgumentError", "ConfigError", "Endpoint", "Engine", "HTTPStatusError",
         "HttpxTransport", "OutputError", "QueryInterrupted", "RequestError", "ResponseError", "TransportError", "UnknownEndpointError",
-        "connect", "estimate", "register",
+        "connect", "estimate", "explain", "register",
     ])
     assert all(hasattr(aiquery, name) for name in aiquery.__all__)
 

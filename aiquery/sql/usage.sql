@@ -1,6 +1,6 @@
 -- Usage figures as tables: aiquery_usage() per endpoint since the process started,
 -- aiquery_query_usage() per query (the running ones and the last 100) and endpoint: `finished` is
--- NULL while it runs.
+-- NULL while it runs; `read_ahead` is yes, or no with the reason (aiquery/_planner.py).
 -- $USAGE_UDF is a Python UDF (aiquery/_usage.py) answering the rows as JSON.
 
 CREATE OR REPLACE TEMP MACRO __aiquery_usage_columns() AS
@@ -22,6 +22,6 @@ SELECT * REPLACE (make_timestamp((started * 1e6)::BIGINT) AS started,
                   make_timestamp((finished * 1e6)::BIGINT) AS finished)
 FROM (SELECT unnest(json_transform_strict($USAGE_UDF('queries'),
                     '[{"query_id": "BIGINT", "statement": "VARCHAR", "started": "DOUBLE", "finished": "DOUBLE", '
-                    || '"endpoint": "VARCHAR", "model": "VARCHAR", ' || __aiquery_usage_columns()[2:] || ']'),
+                    || '"read_ahead": "VARCHAR", "endpoint": "VARCHAR", "model": "VARCHAR", ' || __aiquery_usage_columns()[2:] || ']'),
                     recursive := true))
 ORDER BY query_id, endpoint;

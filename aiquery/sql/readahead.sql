@@ -1,4 +1,4 @@
--- On the cursor that reads ahead (aiquery/_prefetch.py), ai_query only packs its arguments:
+-- On the cursor that reads ahead (aiquery/_readahead.py), ai_query only packs its arguments:
 -- the same packing ai_query.sql hands to the UDF, so the requests started early are the ones
 -- the real query will ask for.
 CREATE OR REPLACE TEMP MACRO ai_query(endpoint, request, modelParameters := NULL, failOnError := true,

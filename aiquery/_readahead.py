@@ -1,0 +1,145 @@
+"""Reading ahead of DuckDB, so an endpoint stays busy between batches: the contract.
+
+Why: DuckDB hands ai_query's Python function one batch (at most 2048 rows) at a time and waits for
+all of it, and a native table of fewer than 122,880 rows is scanned by one thread. Waiting for each
+batch's slowest request leaves most of an endpoint's slots idle (measured: 0.45 to 0.67 of the
+ideal with heavy-tailed latency).
+
+How: at a query's first batch, aiquery/_planner.py plans a second query that yields the arguments
+of the calls the query will make (a call that runs for some rows only, for those rows). A
+Prefetcher thread streams it on a cursor of its own and starts those requests through the engine,
+at most the endpoint's `lookahead` rows ahead of what DuckDB has taken (Query.reserve / free). Each
+row the prefetcher holds is matched to one row a batch takes, whichever comes first (Query.holds /
+taken, aiquery/_engine.py), so DuckDB's batches find their answers in flight or done.
+
+What it promises:
+* Exact: it starts only requests the query itself makes, byte for byte (the read-ahead cursor packs
+  arguments with the macros ai_query uses: aiquery/sql/readahead*.sql). It never changes results:
+  DuckDB's batches still compute every answer's row; a request read ahead is only started earlier.
+* Out of DuckDB's way: every use of DuckDB happens while a batch of the query is inside ai_query
+  (Query.duckdb_turn), so the query cannot end, nor its connection close, while the cursor is busy.
+* Stops with the query: when the query ends for any reason nothing more is started for it
+  (Engine.end_query, the engine's watch of DuckDB's progress), and an interrupt never waits for it.
+* Reads a source again only where that is harmless: tables, views, files, and Python data frames
+  / Arrow tables (iterators and readers, which a second scan would consume, are not read ahead).
+
+What it refuses is the planner's (aiquery/_planner.py), each refusal with its reason in words,
+shown by aiquery.explain(con, sql) and `aiquery explain` before a query runs, and by the
+`read_ahead` column of aiquery_query_usage() after. It is an optimisation: a refused statement
+runs batch by batch, with the same results and the same requests.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+
+import duckdb
+import pyarrow as pa
+
+from ._planner import Plan
+
+log = logging.getLogger("aiquery")
+BATCH_ROWS = 1024  # rows per read of the read-ahead query
+WATCHED_BATCHES = 2  # DuckDB batches without a call on rejected rows: DuckDB filters those out first
+MAX_WATCHED = 100_000  # keys kept while undecided
+
+
+def _packed(column) -> list[tuple | None]:
+    """(endpoint, request, options, files) per row of a column of packed calls; column by column,
+    which is much cheaper than converting the struct rows to dicts."""
+    fields = [column.field(name).to_pylist() for name in ("endpoint", "request", "options", "files")]
+    valid = column.is_valid().to_pylist()
+    return [row if ok else None for row, ok in zip(zip(*fields), valid)]
+
+
+def _rows(batch, prefix: str = "c") -> list[tuple | None]:
+    """The calls of a batch of the read-ahead query, in row order, from its columns named `prefix`...
+    (see aiquery/_planner.py). A column holds one packed call per row, or a list of them
+    (ai_similarity embeds two texts); __p columns only bind parameters."""
+    columns = []
+    for name, column in zip(batch.schema.names, batch.columns):
+        if not name.startswith(prefix):
+            continue
+        if pa.types.is_list(column.type):
+            calls, offsets = _packed(column.flatten()), column.offsets.to_pylist()
+            valid = column.is_valid().to_pylist()
+            columns.append([calls[offsets[i]:offsets[i + 1]] if valid[i] else [] for i in range(len(column))])
+        else:
+            columns.append([[call] for call in _packed(column)])
+    return [call for per_row in zip(*columns) for calls in per_row for call in calls]
+
+
+class Prefetcher(threading.Thread):
+    """Streams a plan's rows on its own cursor and hands their calls to the engine.
+
+    `turn()` is Query.duckdb_turn: every use of DuckDB happens inside it. `hold` blocks while the
+    look-ahead window is full and answers False once the query has ended."""
+
+    def __init__(self, plan: Plan, open_cursor: Callable[[], duckdb.DuckDBPyConnection],
+                 to_calls: Callable[[list[tuple | None]], list], hold: Callable[[list], bool], turn: Callable):
+        super().__init__(name="aiquery-prefetch", daemon=True)
+        self._plan, self._open_cursor, self._to_calls, self._hold, self._turn = plan, open_cursor, to_calls, hold, turn
+        # Whether DuckDB evaluates a WHERE site on the rows its other conditions reject (the plan's
+        # r... columns): None until DuckDB's batches show it; meanwhile those calls are not sent.
+        self.evaluates_rejected: bool | None = None if plan.maybe else False
+        self._rejected: set[bytes] = set()  # keys of such calls read so far, while undecided
+        self._watched = 0                   # DuckDB batches seen since then
+
+    def observe(self, keys: list[bytes]) -> None:
+        """Learns from a batch DuckDB hands ai_query whether it evaluates the r... calls too."""
+        if self.evaluates_rejected is not None or not self._rejected:
+            return
+        if any(key in self._rejected for key in keys):
+            self.evaluates_rejected = True
+        else:
+            self._watched += 1
+            if self._watched >= WATCHED_BATCHES:
+                self.evaluates_rejected = False
+        if self.evaluates_rejected is not None:
+            self._rejected = set()
+
+    def _calls(self, batch) -> list:
+        calls = self._to_calls(_rows(batch))
+        if self.evaluates_rejected is False:
+            return calls
+        rejected = self._to_calls(_rows(batch, "r"))
+        if self.evaluates_rejected:
+            return calls + rejected
+        if len(self._rejected) < MAX_WATCHED:
+            self._rejected.update(call.key for call in rejected)
+        return calls
+
+    def run(self) -> None:
+        cursor = reader = None
+        try:
+            while True:
+                with self._turn() as ok:
+                    if not ok:
+                        return  # the query ended; the connection closes its cursors itself
+                    if cursor is None:
+                        cursor = self._open_cursor()
+                        for name, value in self._plan.objects.items():
+                            cursor.register(name, value)
+                        reader = cursor.sql(self._plan.sql, params=self._plan.parameters).to_arrow_reader(BATCH_ROWS)
+                    batch = reader.read_next_batch()
+                if not self._hold(self._calls(batch)):
+                    return
+        except StopIteration:
+            with self._turn() as ok:
+                if ok:
+                    cursor.close()
+        except Exception as exc:  # reading ahead is an optimisation: the query still runs without it
+            log.debug("aiquery: not reading ahead: %s", exc)
+
+
+def explain(con: duckdb.DuckDBPyConnection, sql: str, parameters: list | dict | None = None) -> list[Plan]:
+    """For each statement of `sql`, whether aiquery reads it ahead on `con` and how each call of
+    ai_query or a task function is sent (str() of a plan says it in words). Runs no model and changes
+    nothing. `parameters`: the values the statement will be executed with, if it has any."""
+    from ._process import context_of
+    from ._registration import registration_of
+
+    registration, context = registration_of(con), context_of(con)
+    return [registration.plan(statement.query, context, parameters) for statement in duckdb.extract_statements(sql)]
