@@ -193,6 +193,28 @@ def _upgrade(con: sqlite3.Connection, path: Path) -> int:
     return dropped
 
 
+def _open_file(path: Path, timeout: float) -> tuple[sqlite3.Connection, int]:
+    """A connection to the cache file (created private if absent, upgraded), and how many answers of
+    an older aiquery the upgrade dropped."""
+    _private_directory(path.parent)
+    _private_files(path)
+    con = _connect(path, timeout)
+    try:
+        return con, _upgrade(con, path)
+    except BaseException:
+        con.close()
+        raise
+
+
+def _file_id(path: Path) -> tuple[int, int] | None:
+    """Which file is at `path` now: another process may have rebuilt or deleted it."""
+    try:
+        info = path.stat()
+    except OSError:
+        return None
+    return info.st_dev, info.st_ino
+
+
 class ResponseCache:
     """Answers by request key, in one SQLite file. `problem` says why the file is not used, if it is not;
     `not_stored` counts the answers it could not store."""
@@ -212,11 +234,10 @@ class ResponseCache:
         self._closed = False
         self._reader: sqlite3.Connection | None = None
         self._writer: threading.Thread | None = None
+        self._file: tuple[int, int] | None = None
         try:
-            _private_directory(self.path.parent)
-            _private_files(self.path)
-            self._reader = _connect(self.path, OPEN_WAIT)
-            dropped = _upgrade(self._reader, self.path)
+            self._reader, dropped = _open_file(self.path, OPEN_WAIT)
+            self._file = _file_id(self.path)
         except _Unusable as exc:
             self._stop_using(str(exc), exc.rebuildable)
         except (OSError, sqlite3.Error) as exc:
@@ -385,6 +406,8 @@ class ResponseCache:
                     waiting[payload[0]] = (payload, usages)  # a repeat replaces the one still waiting
                 done += 1
             self._settle([], done)
+            if con is not None and self.problem is None and waiting and _file_id(self.path) != self._file:
+                con = self._reopen(con)
             if con is None or self.problem is not None:
                 self._give_up(waiting, None)  # the file is not used any more, and the warning said so
             elif waiting or hits:
@@ -404,6 +427,26 @@ class ResponseCache:
                                            "to another directory")
         if con is not None:
             con.close()
+
+    def _reopen(self, con: sqlite3.Connection) -> sqlite3.Connection | None:
+        """Another process rebuilt (`aiquery cache repair`) or deleted the file: answers go to the one at
+        the path now, not to the old one that no one will read again."""
+        con.close()
+        try:
+            con, _ = _open_file(self.path, LOCK_WAIT)
+            reader = _connect(self.path, OPEN_WAIT)
+        except _Unusable as exc:
+            self._stop_using(str(exc), exc.rebuildable)
+            return None
+        except (OSError, sqlite3.Error) as exc:
+            self._stop_using(*self._trouble(exc))
+            return None
+        with self._read_lock:
+            if self._reader is not None:
+                self._reader.close()
+            self._reader = reader
+        self._file = _file_id(self.path)
+        return con
 
     @staticmethod
     def _commit(con: sqlite3.Connection, rows: list[tuple], hits: list[tuple]) -> sqlite3.Error | None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import multiprocessing
 import os
 import shutil
 import sqlite3
@@ -124,6 +125,17 @@ def test_a_cache_file_owned_by_another_user_is_not_used(endpoints, server, cache
     assert chat_requests(server) == 5  # none of its answers were used
     assert f"{str(path)!r} belongs to another user (uid {NOBODY})" in messages(caught)
     assert path.read_bytes() == before
+
+
+def test_a_directory_given_as_the_cache_file_is_said_and_counted(endpoints, server, tmp_path):
+    engine = aiquery.Engine()  # usage figures of this test only
+    with cache_warnings() as caught, contextlib.closing(engine):
+        with aiquery.connect(endpoints=endpoints, engine=engine, cache=tmp_path) as con:
+            assert len(con.sql(QUERY.format(rows=5)).fetchall()) == 5
+            usage = con.sql("SELECT cache_hits, cache_not_stored FROM aiquery_usage() WHERE endpoint = 'chat'")
+            by_query = con.sql("SELECT sum(cache_not_stored) FROM aiquery_query_usage() WHERE endpoint = 'chat'")
+            assert usage.fetchall() == [(0, 5)] and by_query.fetchall() == [(5,)]
+    assert f"{str(tmp_path)!r} is not a file" in messages(caught)
 
 
 # -- damage ------------------------------------------------------------------------------------
@@ -345,6 +357,24 @@ def test_answers_wait_for_a_held_write_lock_and_are_stored_once_it_is_released(e
     assert chat_requests(server) == 0
 
 
+def test_answers_beyond_what_may_wait_for_a_held_lock_are_counted(endpoints, server, cache_dir, monkeypatch):
+    monkeypatch.setattr(_cache, "MAX_WAITING", 10, raising=False)
+    path = new_cache_file(cache_dir)
+    engine = aiquery.Engine()
+    with write_lock_held(path) as release, cache_warnings() as caught, contextlib.closing(engine):
+        with aiquery.connect(endpoints=endpoints, engine=engine) as con:
+            con.sql(QUERY.format(rows=30)).fetchall()
+            cache = _cache.open_cache()
+            deadline = time.monotonic() + 60
+            while cache.not_stored < 20 and time.monotonic() < deadline:
+                cache.flush(timeout=0.1)
+            release()
+            assert cache.flush(timeout=60)
+            usage = con.sql("SELECT cache_not_stored FROM aiquery_usage() WHERE endpoint = 'chat'").fetchall()
+    assert usage == [(20,)] and stored(path) == 10
+    assert f"20 answers were not stored in {str(path)!r}" in messages(caught)
+
+
 def test_cache_clear_while_another_process_writes_says_so(cache_dir, capsys):
     with write_lock_held(new_cache_file(cache_dir)):
         assert cli(["cache", "clear"]) == 1
@@ -391,3 +421,45 @@ def test_a_full_disk_answers_every_row_and_counts_what_it_could_not_store(cache_
     assert figures["right"] == rows and figures["not_stored"] > 0, figures
     assert f"answers were not stored in {str(path)!r}" in err, err
     assert stored(path) + figures["not_stored"] == rows
+
+
+# -- another process changed the file, or this one forked -----------------------------------------
+
+REPAIR = "from aiquery._cli import main; raise SystemExit(main(['cache', 'repair']))"
+
+
+@pytest.mark.parametrize("change", ["repaired", "deleted"])
+def test_answers_go_to_the_file_at_the_path_after_another_process_replaced_it(endpoints, server, cache_dir, change):
+    path = cache_dir / _cache.FILE_NAME
+    with aiquery.connect(endpoints=endpoints) as con:
+        con.sql(QUERY.format(rows=10)).fetchall()
+        assert _cache.open_cache().flush()
+        if change == "repaired":  # `aiquery cache repair` in a terminal while this notebook runs
+            subprocess.run([sys.executable, "-c", REPAIR], check=True, capture_output=True,
+                           env={**os.environ, "PYTHONPATH": str(ROOT)})
+        else:  # rm ~/.cache/aiquery/*
+            for suffix in ("", "-wal", "-shm"):
+                Path(f"{path}{suffix}").unlink()
+        con.sql(QUERY.format(rows=20)).fetchall()  # ten answers found, ten new ones
+        assert _cache.open_cache().flush()
+        assert chat_requests(server) == 20
+    _cache.close_all()
+    assert stored(path) == (20 if change == "repaired" else 10)
+
+
+def _forked_child(endpoints: dict) -> None:
+    # A new engine: the shared one's loop thread did not survive the fork either.
+    with aiquery.connect(endpoints=endpoints, engine=aiquery.Engine()) as con:
+        rows = con.sql(QUERY.format(rows=10)).fetchall()
+    _cache.close_all()
+    os._exit(0 if len(rows) == 10 else 1)
+
+
+def test_a_forked_child_stores_its_own_answers(endpoints, server, cache_dir):
+    run(endpoints, 5)  # this process's cache is open, with its writer thread
+    child = multiprocessing.get_context("fork").Process(target=_forked_child, args=(endpoints,))
+    child.start()
+    child.join(timeout=60)
+    assert child.exitcode == 0
+    _cache.close_all()
+    assert stored(cache_dir / _cache.FILE_NAME) == 10  # the child's five new answers too
