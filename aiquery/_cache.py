@@ -559,7 +559,10 @@ class ResponseCache:
                 failure = None
         if failure is not None:
             raise self._fail(failure)
-        self._stop_using(_damaged_text(self.path, f"integrity check: {verdict}"), True)
+        problems = [line for line in verdict.splitlines() if not line.startswith("***")]
+        self._stop_using(_damaged_text(self.path, f"integrity check: {problems[0] if problems else verdict}"
+                                                  + (f", and {len(problems) - 1} more" if len(problems) > 1 else "")),
+                         True)
         raise ConfigError(self.problem)
 
 
