@@ -393,7 +393,7 @@ class ResponseCache:
                     items.append(self._pending.get_nowait())
                 except queue.Empty:
                     break
-            hits, done = [], 0  # done: items settled by this round whatever happens (hit counts are never retried)
+            hits, done = [], 0  # items this round settles whatever happens (hit counts are never retried)
             for kind, payload, usages in items:
                 if kind == "stop":
                     stopping_since = time.monotonic()
@@ -405,7 +405,6 @@ class ResponseCache:
                         done -= 1  # settled once committed or given up
                     waiting[payload[0]] = (payload, usages)  # a repeat replaces the one still waiting
                 done += 1
-            self._settle([], done)
             if con is not None and self.problem is None and waiting and _file_id(self.path) != self._file:
                 con = self._reopen(con)
             if con is None or self.problem is not None:
@@ -425,6 +424,7 @@ class ResponseCache:
                 else:  # read-only, disk full, I/O error
                     self._give_up(waiting, f"{failure}; free space or make it writable, or set AIQUERY_CACHE_DIR "
                                            "to another directory")
+            self._settle([], done)
         if con is not None:
             con.close()
 
@@ -481,11 +481,8 @@ class ResponseCache:
         the warning that the file is not used said it)."""
         if not answers:
             return
-        with self._idle:
-            self.not_stored += len(answers)
-            for _, usages in answers.values():
-                for usage in usages:
-                    usage.cache_not_stored += 1
+        for _, usages in answers.values():
+            self._lost(1, usages)
         if reason is not None:
             self._warn("not stored", f"{len(answers):,} answers were not stored in {str(self.path)!r}: {reason}. "
                                      "They are counted in aiquery_usage().cache_not_stored, and asked for again "

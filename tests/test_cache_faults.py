@@ -32,8 +32,9 @@ NOBODY = 65534
 
 
 def run(endpoints, rows: int) -> list[tuple]:
-    """`rows` prompts through a new connection; asserts each row got its own answer."""
-    with aiquery.connect(endpoints=endpoints) as con:
+    """`rows` prompts through a new connection and engine (so no answer comes from requests an earlier
+    query still holds: only the server or the cache file answers); asserts each row got its own answer."""
+    with contextlib.closing(aiquery.Engine()) as engine, aiquery.connect(endpoints=endpoints, engine=engine) as con:
         result = con.sql(QUERY.format(rows=rows)).fetchall()
     assert [i for i, _ in result] == list(range(rows)) and all(a.endswith(f"row {i}") for i, a in result)
     return result

@@ -7,6 +7,7 @@ came from the wrong cache entry shows at once.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import sqlite3
@@ -92,9 +93,10 @@ def endpoint(gateway: Gateway, **settings) -> dict:
 
 
 def rerun_from_the_file(endpoints: dict, sql: str) -> list[tuple]:
-    """The rows of `sql` from a new connection, after the process's cache was written and closed."""
+    """The rows of `sql` from a new connection and engine (no request an earlier query still holds can
+    answer), after the process's cache was written and closed."""
     _cache.close_all()
-    with aiquery.connect(endpoints=endpoints) as con:
+    with contextlib.closing(aiquery.Engine()) as engine, aiquery.connect(endpoints=endpoints, engine=engine) as con:
         return con.sql(sql).fetchall()
 
 
