@@ -8,6 +8,7 @@
     aiquery explain job.sql                      # which calls are read ahead of DuckDB, and why not
     aiquery cache                                # the response cache: answers and hits per endpoint
     aiquery cache clear [--endpoint NAME] [--older-than 7d]
+    aiquery cache repair                         # a damaged cache rebuilt with the answers it can still read
 
 A progress line shows on a terminal while a statement runs (--progress / --no-progress to choose).
 Each statement runs once: a result is kept in a temporary table and printed or written from
@@ -19,13 +20,14 @@ from __future__ import annotations
 import argparse
 import contextlib
 import sys
+import warnings
 from pathlib import Path
 
 import duckdb
 
-from ._cache import open_cache
+from ._cache import default_path, open_cache, rebuild
 from ._config import OPENAI_BASE_URL, load_endpoints
-from ._errors import AIQueryError
+from ._errors import AIQueryError, CacheWarning, ConfigError
 from ._engine import Engine
 from ._estimate import estimate
 from ._readahead import explain
@@ -157,12 +159,31 @@ def _age(text: str) -> float:
 
 
 def _cache(args: argparse.Namespace) -> int:
-    cache = open_cache(args.path)
-    if args.action == "clear":
-        deleted = cache.clear(endpoint=args.endpoint, older_than=args.older_than)
-        print(f"deleted {deleted:,} cached answers from {cache.path}")
+    path = Path(args.path).expanduser().resolve() if args.path else default_path().resolve()
+    if args.action == "repair":
+        done = rebuild(path, keep_answers=True)
+        print(f"repaired {path}: kept {done.kept:,} answers" + (
+            f"; part of the old file could not be read, and it is now {done.aside} (delete it when you no "
+            "longer need it)" if done.aside else ""))
         return 0
-    rows = cache.summary()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", CacheWarning)  # a problem is this command's error, said once below
+        cache = open_cache(path)
+        try:
+            if cache.problem is not None:
+                raise ConfigError(cache.problem)
+            if args.action == "clear":
+                deleted = cache.clear(endpoint=args.endpoint, older_than=args.older_than)
+                print(f"deleted {deleted:,} cached answers from {cache.path}")
+                return 0
+            rows = cache.summary()
+        except ConfigError:
+            if args.action != "clear" or args.endpoint or args.older_than is not None or not cache.rebuildable:
+                raise
+            done = rebuild(path, keep_answers=False)  # everything goes: nothing to pick out of the damaged file
+            print(f"deleted all cached answers from {path}: the damaged file was replaced by an empty cache"
+                  + (f" (it could not be read, and is now {done.aside})" if done.aside else ""))
+            return 0
     size = sum(p.stat().st_size for p in cache.path.parent.glob(cache.path.name + "*") if p.is_file())
     print(f"{cache.path}: {size / 1e6:,.1f} MB, {sum(r[2] for r in rows):,} answers, "
           f"{sum(r[4] for r in rows):,} hits")
@@ -201,8 +222,10 @@ def main(argv: list[str] | None = None) -> int:
     listing = commands.add_parser("endpoints", help="list endpoints with their task and where their settings came from")
     listing.add_argument("--config", help="endpoint settings (default: ./aiquery.toml or $AIQUERY_CONFIG)")
     listing.set_defaults(handler=_endpoints)
-    caching = commands.add_parser("cache", help="show the response cache, or clear it (all, one endpoint, by age)")
-    caching.add_argument("action", nargs="?", choices=("info", "clear"), default="info")
+    caching = commands.add_parser("cache", help="show the response cache, clear it (all, one endpoint, by age), "
+                                                "or repair a damaged one")
+    caching.add_argument("action", nargs="?", choices=("info", "clear", "repair"), default="info",
+                         help="repair: a new file with the answers the old one still has readable")
     caching.add_argument("--endpoint", help="clear only this endpoint's answers")
     caching.add_argument("--older-than", type=_age, metavar="AGE", help="clear answers older than AGE (30m, 12h, 7d)")
     caching.add_argument("--path", help="the cache file (default: responses.sqlite3 in $AIQUERY_CACHE_DIR "

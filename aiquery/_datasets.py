@@ -28,9 +28,14 @@ _DATASETS = {
 }
 
 
+def user_cache_dir() -> Path:
+    """The user cache directory's aiquery folder (~/.cache/aiquery on Linux): aiquery's own, so kept private."""
+    return Path(platformdirs.user_cache_dir("aiquery"))
+
+
 def cache_dir() -> Path:
     """aiquery's directory for files it can rebuild: AIQUERY_CACHE_DIR, else the user cache directory."""
-    return Path(os.environ.get("AIQUERY_CACHE_DIR") or platformdirs.user_cache_dir("aiquery"))
+    return Path(os.environ.get("AIQUERY_CACHE_DIR") or user_cache_dir())
 
 
 def dataset_path(name: str) -> str:

@@ -57,7 +57,8 @@ class Call:
     """One row's request. Embedding calls carry their text in `text`; `body` holds the rest.
     `payload` is the body as sent (encoded here, on DuckDB's or the prefetcher's thread, not on
     the engine's busy loop); `key` is what identical requests share, here and in the response
-    cache: provider, URL, payload and text, hashed. `cache` is where its answer is kept, if anywhere."""
+    cache: provider, URL, headers (the key among them, see Target.identity), payload and text,
+    hashed. `cache` is where its answer is kept, if anywhere."""
 
     __slots__ = ("endpoint", "target", "body", "text", "payload", "key", "cache", "price")
 
@@ -67,6 +68,7 @@ class Call:
         self.price: Price | None = None
         self.payload = orjson.dumps(body, option=orjson.OPT_SORT_KEYS)
         digest = hashlib.blake2b(f"{endpoint.provider}\0{target.url}\0".encode(), digest_size=16)
+        digest.update(target.identity)
         digest.update(self.payload)
         if text is not None:
             digest.update(b"\0" + text.encode())
@@ -688,7 +690,7 @@ class Engine:
             limits.concurrency.finish(ticket, throttled=status == 429, failed=status is None or status >= 300)
         if call.cache is not None and not isinstance(answers[0], BaseException):
             for key, answer in zip(work.keys, answers):
-                call.cache.put(key, endpoint.name, endpoint.model, answer)
+                call.cache.put(key, endpoint.name, endpoint.model, answer, usages)
         self._settle(work, answers)
 
     def _awaited(self, work: _Work) -> bool:

@@ -12,6 +12,9 @@
      ├── QueryInterrupted         Ctrl-C or con.interrupt() stopped the query
      └── BudgetExceeded           a token or cost budget was reached; no more requests are sent
 
+    CacheWarning (a UserWarning)  the response cache cannot do its job (damaged, not writable, locked):
+                                  queries still get every answer; it names the file and what to do
+
 Messages name the endpoint and say what to do next. They never contain an API key: keys are only
 ever read into request headers, and errors are built from endpoint names, URLs without userinfo,
 statuses and the provider's own error text.
@@ -73,3 +76,7 @@ class QueryInterrupted(AIQueryError):
 
 class BudgetExceeded(AIQueryError):
     """A token or cost budget of an endpoint or query was reached; the remaining rows were not sent."""
+
+
+class CacheWarning(UserWarning):
+    """The response cache cannot read or store answers; queries go on without it. Names the file and the fix."""

@@ -12,11 +12,14 @@ from __future__ import annotations
 
 import configparser
 import fnmatch
+import hashlib
 import os
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote, urlsplit, urlunsplit
+
+import orjson
 
 from ._config import OPENAI_BASE_URL, Endpoint
 from ._errors import ConfigError
@@ -34,9 +37,27 @@ class Target:
     sends_model: bool
     key_source: str | None
     headers: dict[str, str]  # sent with every request; holds the key, so never printed (see __repr__)
+    identity: bytes = field(init=False)  # what the headers change about an answer: see header_identity
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "identity", header_identity(self.headers))
 
     def __repr__(self) -> str:
         return f"Target(url={self.url!r}, key_source={self.key_source!r})"
+
+
+def header_identity(headers: Mapping[str, str]) -> bytes:
+    """A digest of every header sent: a gateway routes by header, and the key says whose answer it is.
+    It goes into the request key (aiquery/_engine.py, Call) and reaches the response cache only
+    inside that key's digest, so neither a header nor a hash of the key alone is ever stored."""
+    canonical = sorted((name.lower(), value) for name, value in headers.items())  # names are case-insensitive
+    return hashlib.blake2b(orjson.dumps(canonical), digest_size=16, person=b"aiquery-headers").digest()
+
+
+def _join(url: str, path: str) -> str:
+    """`path` appended to the URL's path, before its query string (Azure's ?api-version=..., a gateway's route)."""
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(path=parts.path.rstrip("/") + path))
 
 
 def _headers(endpoint: Endpoint, key: str | None) -> dict[str, str]:
@@ -95,7 +116,7 @@ def _openai(endpoint: Endpoint) -> Target:
                           f"(api_key_env names the variable that holds the key)")
     if source and key is None:
         source = None  # default variable absent: send no key, and say so if the server answers 401
-    return Target(base + _OPENAI_PATHS[endpoint.task], True, source, _headers(endpoint, key))
+    return Target(_join(base, _OPENAI_PATHS[endpoint.task]), True, source, _headers(endpoint, key))
 
 
 def _databricks_profile(endpoint: Endpoint) -> tuple[dict[str, str], str]:
@@ -133,5 +154,5 @@ def _databricks(endpoint: Endpoint) -> Target:
         raise ConfigError(f"endpoint {endpoint.name!r}: no Databricks token; export {endpoint.key_env} "
                           f"or add token to {profile_source or '~/.databrickscfg'}")
     serving_name = quote(endpoint.model or endpoint.name, safe="")
-    url = f"{_check_url(endpoint, host, 'host')}/serving-endpoints/{serving_name}/invocations"
+    url = _join(_check_url(endpoint, host, "host"), f"/serving-endpoints/{serving_name}/invocations")
     return Target(url, False, key_source, _headers(endpoint, key))

@@ -20,7 +20,7 @@ import orjson
 import pyarrow as pa
 
 from . import _process, _wire
-from ._cache import ResponseCache
+from ._cache import ResponseCache, open_cache
 from ._config import Endpoint
 from ._engine import Call, Engine, Query
 from ._errors import AIQueryError, ArgumentError, ConfigError, OutputError, UnknownEndpointError
@@ -215,7 +215,7 @@ class Registration:
                  macros: str, sites: frozenset[str], progress: bool = False):
         self.endpoints = endpoints
         self.engine = engine
-        self.cache = cache
+        self._cache = cache
         self.prices = prices
         self.estimator: Any = None  # set by aiquery/_estimate.py while it estimates
         self.progress = progress    # show each query's progress
@@ -243,6 +243,13 @@ class Registration:
     def macros(self, context: int) -> list[str]:
         """The TEMP macros of aiquery's SQL functions for the connection or cursor numbered `context`."""
         return [s.strip() for s in self._macros.replace("$CONTEXT", str(context)).split(";") if s.strip()]
+
+    @property
+    def cache(self) -> ResponseCache | None:
+        """The connection's response cache, opened again if it was closed (by _cache.close_all())."""
+        if self._cache is not None and self._cache.closed:
+            self._cache = open_cache(self._cache.path)
+        return self._cache
 
     def options(self, text: str) -> Options:
         opts = self._options.get(text)

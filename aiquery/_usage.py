@@ -62,6 +62,7 @@ class Usage:
     requests: int = 0           # HTTP requests sent (retries included)
     answered: int = 0           # inputs answered (one per chat request, one per embedded text)
     cache_hits: int = 0         # inputs answered from the response cache, not sent
+    cache_not_stored: int = 0   # answers the response cache could not store (a CacheWarning says why)
     retries: int = 0
     throttled: int = 0          # 429 answers
     errors: int = 0             # inputs that ended with an error, after retries
@@ -95,7 +96,8 @@ class Usage:
             return round(latencies[min(len(latencies) - 1, math.ceil(p * len(latencies)) - 1)] * 1000, 1)
 
         return {"requests": self.requests, "answered": self.answered, "cache_hits": self.cache_hits,
-                "retries": self.retries, "throttled": self.throttled, "errors": self.errors,
+                "cache_not_stored": self.cache_not_stored, "retries": self.retries, "throttled": self.throttled,
+                "errors": self.errors,
                 "error_kinds": dict(self.error_kinds), "prompt_tokens": self.prompt_tokens,
                 "completion_tokens": self.completion_tokens,
                 "total_tokens": self.prompt_tokens + self.completion_tokens,

@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import atexit
+import os
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
+# Connections of module-scoped fixtures open before `cache_dir` sets AIQUERY_CACHE_DIR: never the user's own cache
+os.environ["AIQUERY_CACHE_DIR"] = tempfile.mkdtemp(prefix="aiquery-tests-")
+atexit.register(shutil.rmtree, os.environ["AIQUERY_CACHE_DIR"], ignore_errors=True)
 
 import aiquery  # noqa: E402
 from aiquery import _cache  # noqa: E402

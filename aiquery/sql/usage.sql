@@ -4,7 +4,8 @@
 -- $USAGE_UDF is a Python UDF (aiquery/_usage.py) answering the rows as JSON.
 
 CREATE OR REPLACE TEMP MACRO __aiquery_usage_columns() AS
-'{"requests": "BIGINT", "answered": "BIGINT", "cache_hits": "BIGINT", "retries": "BIGINT",
+'{"requests": "BIGINT", "answered": "BIGINT", "cache_hits": "BIGINT", "cache_not_stored": "BIGINT",
+  "retries": "BIGINT",
   "throttled": "BIGINT", "errors": "BIGINT", "error_kinds": "MAP(VARCHAR, BIGINT)",
   "prompt_tokens": "BIGINT", "completion_tokens": "BIGINT", "total_tokens": "BIGINT",
   "latency_p50_ms": "DOUBLE", "latency_p95_ms": "DOUBLE", "latency_p99_ms": "DOUBLE", "cost_usd": "DOUBLE"}';
