@@ -160,7 +160,8 @@ def resolve(endpoint: Any, base_headers: dict[str, str]) -> Credentials:
             raise ConfigError(f"endpoint {name!r}: more than one Databricks auth type is configured: a token "
                               f"({found['token'].source}) and an OAuth client ({other.source}); set auth_type = "
                               "'pat' or 'oauth-m2m' (or DATABRICKS_AUTH_TYPE) to choose, as the Databricks SDK asks")
-        kind = "pat" if "token" in found else "oauth-m2m" if {"client_id", "client_secret"} <= found.keys() else None
+        m2m = {"client_id", "client_secret"} <= found.keys() or endpoint.client_id_env or endpoint.client_secret_env
+        kind = "pat" if "token" in found else "oauth-m2m" if m2m else None
     if kind == "pat":
         token = found.get("token")
         if token is None:
@@ -328,8 +329,8 @@ class ClientCredentials(TokenSource):
             data = None
         data = data if isinstance(data, dict) else {}
         if not 200 <= response.status < 300:
-            error = data.get("error") or data.get("error_code") or ""
-            text = " ".join(str(x) for x in (error, data.get("error_description") or data.get("message") or "") if x)
+            parts = [data.get("error") or data.get("error_code"), data.get("error_description") or data.get("message")]
+            text = ": ".join(str(x) for x in parts if x)
             advice = {401: "check that the secret is current (OAuth secrets expire) and belongs to this client id",
                       400: "check that the secret is current (OAuth secrets expire) and belongs to this client id",
                       403: "check that the service principal belongs to this workspace",

@@ -32,7 +32,7 @@ _PARAM_TYPES: dict[str, tuple[type, ...]] = {
 # Set by aiquery itself from other arguments; a modelParameters entry may not override them.
 _RESERVED_PARAMS = {"messages": "the request argument", "prompt": "the request argument",
                     "input": "the request argument", "model": "the endpoint's model setting",
-                    "stream": "ai_query (it reads whole answers)", "dataframe_records": "the request argument",
+                    "stream": "ai_query, which reads whole answers", "dataframe_records": "the request argument",
                     "response_format": "the responseFormat argument"}
 _TOOL_CHOICES = ("none", "auto", "required")
 TEXT_ONLY = "__aiquery_text_only"  # the task functions' mark (aiquery/sql/functions.sql): no tools
