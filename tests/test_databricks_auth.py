@@ -197,6 +197,8 @@ def test_a_long_job_outlives_several_token_lifetimes_without_a_failed_row(engine
             seen = visible_text(con, caplog, cache_dir)
     finally:
         server.stop()
+    print(f"\n2,000 rows in {elapsed:.1f} s with {LIFETIME:g}-s tokens: {oauth.token_requests} tokens fetched, "
+          f"{oauth.expired_rejections} requests refused with an expired token and sent again, {errors} failed rows")
     assert [a for _, a in result] == [f"echo: row {i}" + (" [[sleep=1]]" if i % 10 == 0 else "") for i in range(2000)]
     assert errors == 0
     assert elapsed > 2 * LIFETIME  # several lifetimes (about 7 s here; more on a busy machine)
