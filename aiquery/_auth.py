@@ -418,8 +418,9 @@ class SdkCredentials(TokenSource):
         except AIQueryError:
             raise
         except requests.RequestException as exc:
-            raise TransportError(f"endpoint {self.endpoint!r}: databricks-sdk could not reach its token service: "
-                                 f"{_redact(str(exc), self._secrets)}", endpoint=self.endpoint, retryable=True) from None
+            message = f"databricks-sdk could not reach its token service: {_redact(str(exc), self._secrets)}"
+            raise TransportError(f"endpoint {self.endpoint!r}: {message}", endpoint=self.endpoint,
+                                 retryable=True) from None
         except Exception as exc:  # the SDK raises ValueError and others for every kind of refusal
             raise RequestError(f"endpoint {self.endpoint!r}: databricks-sdk could not authenticate "
                                f"({self.describe()}): {_redact(str(exc), self._secrets)}",
@@ -434,4 +435,5 @@ def same_host(a: str, b: str) -> bool:
     """Whether two workspace URLs name the same server (the SDK drops a trailing / and port 443)."""
     x, y = urlsplit(a), urlsplit(b)
     ports = {"https": 443, "http": 80}
-    return (x.scheme, x.hostname, x.port or ports.get(x.scheme)) == (y.scheme, y.hostname, y.port or ports.get(y.scheme))
+    return all(getattr(x, a) == getattr(y, a) for a in ("scheme", "hostname")) and \
+        (x.port or ports.get(x.scheme)) == (y.port or ports.get(y.scheme))

@@ -47,11 +47,8 @@ class Options:
     cache: bool | None                      # cache => true/false; None: the endpoint's setting
     details: bool                           # details => true: each row also carries usage and attempts
     normalize: bool | None = None           # normalize => true/false (embeddings); None: the endpoint's setting
-
-    @property
-    def tools(self) -> bool:
-        """modelParameters has tools: each answer is STRUCT(content, tool_calls) (see ai_query.sql)."""
-        return "tools" in self.params
+    tools: bool = False                     # modelParameters is a STRUCT with `tools`: answers are
+                                            # STRUCT(content, tool_calls) (aiquery/sql/options.sql)
 
 
 def read_options(text: str) -> Options:
@@ -77,7 +74,12 @@ def read_options(text: str) -> Options:
     normalize = raw.get("normalize")
     if normalize is not None and not isinstance(normalize, bool):
         raise ArgumentError(f"normalize must be true or false, got {normalize!r}")
-    return Options(params, fail_on_error, response_format, output_type, expects_json, cache, details, normalize)
+    tools = raw.get("tools") is True
+    if "tools" in params and not tools:
+        raise ArgumentError("modelParameters: tools need modelParameters to be a struct like {'tools': [...]}, "
+                            "not a map: DuckDB types the answer as STRUCT(content, tool_calls) from the struct's fields")
+    return Options(params, fail_on_error, response_format, output_type, expects_json, cache, details, normalize,
+                   tools)
 
 
 def _response_format(value: Any) -> tuple[dict | None, SqlType | None, bool]:
@@ -219,6 +221,8 @@ def _value(endpoint: Endpoint, answer: _wire.Answer, options: Options) -> Any:
                                               else endpoint.normalize):
             value = _unit(value)
         if options.tools:
+            if not isinstance(value, dict):  # {'tools': NULL} on this row: nothing offered, a text answer
+                value = {"content": value[0] if isinstance(value, list) else value, "tool_calls": []}
             content = value["content"]
             return {"content": None if content is None else _converted(content, output_type, options),
                     "tool_calls": _tool_calls(value["tool_calls"])}

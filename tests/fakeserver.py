@@ -23,10 +23,11 @@ Routes
 
 Answers
     Chat answers "echo: <last user text>"; with "n" > 1 the choices are that, then "... (choice 2)",
-    and so on (completions likewise; JSON and [[reply]] answers are the same in every choice). With "tools", the model calls a tool when tool_choice is
-    "required" or names a function, or when the text holds [[call]] / [[call=NAME]]: one call of
-    that tool (else the first), its arguments a sample of the tool's parameters schema (or [[args=TEXT]]),
-    content null, finish_reason "tool_calls".
+    and so on (completions likewise; JSON and [[reply]] answers are the same in every choice).
+    With "tools", the model calls a tool when tool_choice is "required" or names a function, or
+    when the text holds [[call]] / [[call=NAME]]: one call of that tool (else the first), its
+    arguments a sample of the tool's parameters schema (or [[args=TEXT]]), content null,
+    finish_reason "tool_calls".
 
 Error bodies
     OpenAI routes, 404, 429 (over max_concurrency) and every status injected by a directive use the

@@ -85,7 +85,8 @@ def visible_text(con, caplog, cache_dir, *more):
 
 def test_m2m_token_is_fetched_once_and_shared_by_every_request_and_connection(engine, server, oauth, m2m_env):
     endpoints = {"db": {**ENDPOINT, "max_concurrency": 16}}
-    with aiquery.connect(engine=engine, endpoints=endpoints) as con, aiquery.connect(engine=engine, endpoints=endpoints) as other:
+    with aiquery.connect(engine=engine, endpoints=endpoints) as con, \
+            aiquery.connect(engine=engine, endpoints=endpoints) as other:
         assert con.sql(rows(200)).fetchall() == [(i, f"echo: row {i}") for i in range(200)]
         assert other.sql(rows(250)).fetchall()[-1] == (249, "echo: row 249")
         assert con.cursor().sql("SELECT ai_query('db', 'from a cursor')").fetchall() == [("echo: from a cursor",)]
@@ -123,7 +124,8 @@ def test_m2m_from_a_profile_and_a_wrong_secret_says_where_each_setting_came_from
     assert CANARY_KEY not in seen and "dapi-default" not in seen
 
 
-def test_a_wrong_secret_fails_every_row_clearly_after_one_token_request(engine, server, oauth, monkeypatch, caplog, cache_dir):
+def test_a_wrong_secret_fails_every_row_clearly_after_one_token_request(engine, server, oauth, monkeypatch, caplog,
+                                                                         cache_dir):
     monkeypatch.setenv("DATABRICKS_CLIENT_ID", CLIENT_ID)
     monkeypatch.setenv("DATABRICKS_CLIENT_SECRET", "sk-wrong-4d2a")
     oauth.echo_secret = True
@@ -135,7 +137,8 @@ def test_a_wrong_secret_fails_every_row_clearly_after_one_token_request(engine, 
     assert len(errors) == 1 and all(row[1]["response"] is None for row in result)
     (error,) = errors
     assert "endpoint 'db': OAuth M2M token request" in error and "HTTP 401 invalid_client" in error
-    assert "environment variable DATABRICKS_CLIENT_ID" in error and "environment variable DATABRICKS_CLIENT_SECRET" in error
+    assert "the client id came from environment variable DATABRICKS_CLIENT_ID, the secret from environment " \
+           "variable DATABRICKS_CLIENT_SECRET" in error
     assert "secret ***" in error  # the server echoed it; the error does not
     assert oauth.token_requests == 1 and serving(server) == []
     assert "sk-wrong-4d2a" not in seen and CANARY_KEY not in seen
@@ -179,7 +182,8 @@ LIFETIME = 3.0
 REFRESH_EVERY = LIFETIME * 0.75
 
 
-def test_a_long_job_outlives_several_token_lifetimes_without_a_failed_row(engine, clean_env, monkeypatch, caplog, cache_dir):
+def test_a_long_job_outlives_several_token_lifetimes_without_a_failed_row(engine, clean_env, monkeypatch, caplog,
+                                                                          cache_dir):
     # 2,000 rows; every 10th is served in 1 s, longer than a token's last quarter, so tokens
     # expire while such requests are being served (the fake then answers 401 "Token expired").
     oauth = FakeOAuth(CLIENT_ID, CANARY_KEY, lifetime=LIFETIME)
@@ -279,7 +283,8 @@ def test_a_host_outside_allowed_hosts_gets_no_token_request(engine, server, oaut
 def test_without_databricks_sdk_other_auth_types_say_how_to_get_it(engine, clean_env, monkeypatch):
     monkeypatch.setattr(_auth, "sdk_installed", lambda: False)
     monkeypatch.setenv("DATABRICKS_HOST", "https://adb-1.azuredatabricks.net")
-    with aiquery.connect(engine=engine, endpoints={"db": {**ENDPOINT, "auth_type": "azure-cli"}, "none": ENDPOINT}) as con:
+    endpoints = {"db": {**ENDPOINT, "auth_type": "azure-cli"}, "none": ENDPOINT}
+    with aiquery.connect(engine=engine, endpoints=endpoints) as con:
         with pytest.raises(Exception) as info:
             con.sql("SELECT ai_query('db', 'hi')").fetchall()
         assert "auth_type 'azure-cli' (the endpoint's auth_type setting) is one of databricks-sdk's" in str(info.value)
@@ -324,7 +329,7 @@ def test_the_sdk_resolves_m2m_through_its_discovery_documents(engine, sdk, serve
 
 def test_the_sdk_metadata_service_auth_type(engine, sdk, server, oauth, monkeypatch):
     monkeypatch.setenv("DATABRICKS_METADATA_SERVICE_URL", server.url + "/metadata-service/token")
-    with aiquery.connect(engine=engine, endpoints={"db": ENDPOINT}) as con:  # no token, no client: the SDK's default chain
+    with aiquery.connect(engine=engine, endpoints={"db": ENDPOINT}) as con:  # no token, no client: the SDK's chain
         assert con.sql(rows(20)).fetchall()[-1] == (19, "echo: row 19")
     assert oauth.metadata_requests == 1 and oauth.token_requests == 0
     assert {r.headers["authorization"] for r in serving(server)} == {f"Bearer {oauth.issued[0]}"}
@@ -341,7 +346,7 @@ def test_the_sdk_refreshes_after_a_401_and_its_errors_show_no_secret(engine, sdk
     assert oauth.token_requests == 2
     monkeypatch.setenv("DATABRICKS_CLIENT_SECRET", CANARY_KEY + "-old")
     oauth.echo_secret = True
-    with aiquery.connect(engine=engine, endpoints={"db": {**ENDPOINT, "auth_type": "oauth-m2m"}, "sdk": endpoints["db"]}) as con:
+    with aiquery.connect(engine=engine, endpoints={"sdk": endpoints["db"]}) as con:
         bad = con.sql("SELECT ai_query('sdk', 'hi 3', failOnError => false)").fetchall()[0][0]["errorMessage"]
         seen = visible_text(con, caplog, cache_dir, bad)
     assert "databricks-sdk could not authenticate (databricks-sdk, auth_type oauth-m2m (Config: " in bad

@@ -60,7 +60,8 @@ def test_readme_settings_example_is_valid(tmp_path):
     from aiquery._usage import Price
 
     readme = (ROOT / "README.md").read_text()
-    block, prices = re.findall(r"```toml\n(.*?)```", readme, flags=re.S)[:2]
+    blocks = re.findall(r"```toml\n(.*?)```", readme, flags=re.S)
+    block, prices = blocks[0], next(b for b in blocks if "[prices." in b)
     config = tmp_path / "aiquery.toml"
     config.write_text(block + "\n" + prices)
     assert read_prices(config) == {"gpt-4o-mini": Price(0.15, 0.60)}
@@ -93,7 +94,8 @@ def test_readme_databricks_examples_resolve_to_their_auth_types(tmp_path, monkey
              and name not in ("llama-dev", "llama-azure", "llama-sdk")}
     assert kinds == {"llama": "ClientCredentials", "llama-prod": "ClientCredentials", "team-a": "ClientCredentials",
                      "challenger": "ClientCredentials"}
-    assert resolve(endpoints["challenger"]).url.endswith("/serving-endpoints/house-llm/served-models/llama-v3/invocations")
+    served = resolve(endpoints["challenger"]).url
+    assert served == "https://adb-1.azuredatabricks.net/serving-endpoints/house-llm/served-models/llama-v3/invocations"
     monkeypatch.setenv("DATABRICKS_TOKEN", "x")
     assert resolve(endpoints["llama-dev"]).auth is None  # pat: a fixed header
     if _auth.sdk_installed():

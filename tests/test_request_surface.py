@@ -160,7 +160,8 @@ def test_tool_call_arguments_that_are_not_json_fail_that_row(con, server):
     result = one(con, f"SELECT ai_query('chat', 'x [[call]] [[args=city: Oslo]]', failOnError => false, "
                       f"modelParameters => {{'tools': {TOOLS_SQL}}})")
     assert result["response"] is None
-    assert "the model called tool 'get_weather' with arguments that are not JSON: 'city: Oslo'" in result["errorMessage"]
+    assert "the model called tool 'get_weather' with arguments that are not JSON: 'city: Oslo'" in \
+        result["errorMessage"]
 
 
 def test_tools_with_responseformat_type_the_content(con, server):
@@ -168,14 +169,15 @@ def test_tools_with_responseformat_type_the_content(con, server):
                               modelParameters => {{'tools': {TOOLS_SQL}, 'tool_choice': 'auto'}},
                               failOnError => false)"""
     assert one(con, f"SELECT typeof(({sql}))") == \
-        "STRUCT(response STRUCT(\"content\" STRUCT(\"label\" VARCHAR), tool_calls STRUCT(id VARCHAR, \"name\" VARCHAR, " \
-        "arguments VARCHAR)[]), errorMessage VARCHAR)"
+        "STRUCT(response STRUCT(\"content\" STRUCT(\"label\" VARCHAR), tool_calls STRUCT(id VARCHAR, " \
+        "\"name\" VARCHAR, arguments VARCHAR)[]), errorMessage VARCHAR)"
     assert one(con, sql)["response"] == {"content": {"label": "sample"}, "tool_calls": []}
 
 
 @pytest.mark.parametrize("sql,message", [
     ("ai_query('chat', 'x', modelParameters => {'tools': TOOLS, 'tool_choice': "
-     "'{\"type\": \"function\", \"function\": {\"name\": \"nope\"}}'})", "names function 'nope', which is not in tools"),
+     "'{\"type\": \"function\", \"function\": {\"name\": \"nope\"}}'})",
+     "names function 'nope', which is not in tools"),
     ("ai_query('chat', 'x', modelParameters => {'tool_choice': 'required'})", "tool_choice needs tools"),
     ("ai_query('chat', 'x', modelParameters => {'tools': [{'type': 'function'}]})", r"tools\[1\] must be"),
     ("ai_query('chat', 'x', modelParameters => {'tools': '[not json'})", "tools is not valid JSON"),
@@ -231,3 +233,24 @@ def test_normalize_as_an_endpoint_setting_and_its_errors(endpoints, server):
     endpoints["chat"]["normalize"] = True
     with pytest.raises(aiquery.ConfigError, match="normalize applies to embeddings endpoints only"):
         aiquery.connect(endpoints=endpoints)
+
+
+def test_tools_in_a_column_of_model_parameters_and_rows_without_tools(con, server):
+    # modelParameters as a column: the type comes from its fields, so every row is STRUCT(content, tool_calls),
+    # including a row whose tools are NULL (nothing offered: a text answer, no calls).
+    result = con.sql(f"""SELECT i, ai_query('chat', 'x ' || i, modelParameters => p) AS a
+                         FROM (VALUES (1, {{'tools': {TOOLS_SQL}, 'tool_choice': 'required'}}),
+                                      (2, {{'tools': NULL, 'tool_choice': NULL}})) t(i, p)
+                         ORDER BY i""").fetchall()
+    assert [r[1]["tool_calls"][0]["name"] if r[1]["tool_calls"] else r[1]["content"] for r in result] == [
+        "get_weather", "echo: x 2"]
+    assert ["tools" in b for b in sorted(server.bodies(), key=lambda b: b["messages"][0]["content"])] == [True, False]
+    with pytest.raises(Exception, match="tools need modelParameters to be a struct"):
+        con.sql(f"SELECT ai_query('chat', 'x', modelParameters => MAP {{'tools': '{json.dumps([WEATHER])}'}})"
+                ).fetchall()
+
+
+def test_a_nested_field_named_tools_is_not_tools(con, server):
+    assert one(con, "SELECT ai_query('chat', 'hi', modelParameters => {'extra_params': {'tools': 'none'}})") == \
+        "echo: hi"
+    assert server.bodies()[0]["extra_params"] == {"tools": "none"}

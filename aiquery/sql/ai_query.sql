@@ -16,9 +16,9 @@ coalesce(
     CASE WHEN list_contains($EMBEDDING_ENDPOINTS, endpoint) THEN 'FLOAT[]' ELSE 'VARCHAR' END);
 
 -- modelParameters with tools: the answer is the model's text (NULL when it called tools instead) and
--- the calls it made (an empty list when it answered in text).
+-- the calls it made (an empty list when it answered in text). __aiquery_has_tools is in options.sql.
 CREATE OR REPLACE TEMP MACRO __aiquery_answer_type(endpoint, modelParameters, responseFormat, returnType) AS
-CASE WHEN coalesce(json_type(to_json(modelParameters), '$.tools'), 'NULL') <> 'NULL'
+CASE WHEN __aiquery_has_tools(modelParameters)
      THEN 'STRUCT(content ' || __aiquery_content_type(endpoint, responseFormat, returnType)
           || ', tool_calls STRUCT(id VARCHAR, name VARCHAR, arguments VARCHAR)[])'
      ELSE __aiquery_content_type(endpoint, responseFormat, returnType) END;

@@ -52,7 +52,8 @@ json_merge_patch(coalesce(to_json(modelParameters), '{}'), '{"__aiquery_text_onl
 
 CREATE OR REPLACE TEMP MACRO ai_gen(prompt, endpoint := $DEFAULT_CHAT_ENDPOINT, modelParameters := NULL,
                                     failOnError := true) AS
-ai_query(endpoint, prompt::VARCHAR, modelParameters := __aiquery_text_only(modelParameters), failOnError := failOnError);
+ai_query(endpoint, prompt::VARCHAR, modelParameters := __aiquery_text_only(modelParameters),
+         failOnError := failOnError);
 
 -- max_words 0: no limit.
 CREATE OR REPLACE TEMP MACRO ai_summarize(content, max_words := 50, endpoint := $DEFAULT_CHAT_ENDPOINT,
