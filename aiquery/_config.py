@@ -27,6 +27,8 @@ DEFAULT_PROVIDER = "openai"
 OPENAI_BASE_URL = "https://api.openai.com/v1"
 OPENAI_KEY_ENV = "OPENAI_API_KEY"
 DATABRICKS_KEY_ENV = "DATABRICKS_TOKEN"
+DATABRICKS_CLIENT_ID_ENV = "DATABRICKS_CLIENT_ID"
+DATABRICKS_CLIENT_SECRET_ENV = "DATABRICKS_CLIENT_SECRET"
 DEFAULT_MAX_CONCURRENCY = 32
 DEFAULT_TIMEOUT = 120.0            # seconds for one HTTP request, body included
 DEFAULT_EMBEDDING_BATCH_SIZE = 64  # inputs per embeddings request
@@ -60,6 +62,10 @@ class Endpoint:
     api_key_env: str | None = None   # name of the environment variable holding the key
     host: str | None = None          # databricks: workspace URL (else DATABRICKS_HOST or ~/.databrickscfg)
     profile: str | None = None       # databricks: ~/.databrickscfg profile (else DATABRICKS_CONFIG_PROFILE)
+    auth_type: str | None = None     # databricks: pat | oauth-m2m | databricks-sdk | any databricks-sdk auth type
+    client_id_env: str | None = None      # databricks OAuth M2M: variable holding the client id
+    client_secret_env: str | None = None  # ... and the one holding the secret
+    served_model: str | None = None  # databricks: one served model behind a multi-model endpoint
     max_concurrency: int = DEFAULT_MAX_CONCURRENCY
     timeout: float = DEFAULT_TIMEOUT
     batch_size: int = DEFAULT_EMBEDDING_BATCH_SIZE
@@ -69,6 +75,7 @@ class Endpoint:
     tokens_per_minute: int | None = None
     lookahead: int = DEFAULT_LOOKAHEAD   # 0 turns reading ahead of DuckDB off
     cache: bool = True               # keep answers in the response cache (off e.g. for sampling at temperature > 0)
+    normalize: bool = False          # embeddings: scale each vector to unit length
     budget_tokens: int | None = None     # tokens this endpoint may use in this process; then rows fail
     budget_usd: float | None = None      # the same in estimated USD (needs a price for the model)
     query_budget_tokens: int | None = None  # the same for each query
@@ -102,14 +109,31 @@ class Endpoint:
             value = getattr(self, setting)
             if not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0:
                 raise ConfigError(f"{where}: {setting} must be a positive number of seconds, got {value!r}")
-        if not isinstance(self.cache, bool):
-            raise ConfigError(f"{where}: cache must be true or false, got {self.cache!r}")
+        for setting in ("cache", "normalize"):
+            if not isinstance(getattr(self, setting), bool):
+                raise ConfigError(f"{where}: {setting} must be true or false, got {getattr(self, setting)!r}")
+        if self.normalize and self.task != "embeddings":
+            raise ConfigError(f"{where}: normalize applies to embeddings endpoints only")
         if not isinstance(self.model_parameters, Mapping):
             raise ConfigError(f"{where}: model_parameters must be a table/dict, got {self.model_parameters!r}")
-        if self.api_key_env is not None and not (isinstance(self.api_key_env, str) and self.api_key_env.isidentifier()):
-            raise ConfigError(
-                f"{where}: api_key_env must be the NAME of an environment variable (like OPENAI_API_KEY), "
-                "not the key itself")
+        tools = [name for name in ("tools", "tool_choice") if name in self.model_parameters]
+        if tools:
+            raise ConfigError(f"{where}: {tools[0]} belongs in the modelParameters of an ai_query call, not in "
+                              "model_parameters: it changes the column's type, which DuckDB must know from the call")
+        for setting, example in (("api_key_env", "OPENAI_API_KEY"), ("client_id_env", "DATABRICKS_CLIENT_ID"),
+                                 ("client_secret_env", "DATABRICKS_CLIENT_SECRET")):
+            value = getattr(self, setting)
+            if value is not None and not (isinstance(value, str) and value.isidentifier()):
+                raise ConfigError(f"{where}: {setting} must be the NAME of an environment variable (like {example}), "
+                                  "not the value itself")
+        databricks_only = [s for s in ("auth_type", "client_id_env", "client_secret_env", "served_model", "host",
+                                       "profile") if getattr(self, s) is not None]
+        if databricks_only and self.provider != "databricks":
+            raise ConfigError(f"{where}: {databricks_only[0]} applies to provider = 'databricks' only")
+        for setting in ("auth_type", "served_model", "host", "profile"):
+            value = getattr(self, setting)
+            if value is not None and (not isinstance(value, str) or not value):
+                raise ConfigError(f"{where}: {setting} must be a non-empty string, got {value!r}")
 
     @property
     def key_env(self) -> str | None:
@@ -124,7 +148,8 @@ class Endpoint:
 
 
 SETTING_NAMES = tuple(f.name for f in dataclasses.fields(Endpoint) if f.name not in ("name", "source"))
-_SECRET_SETTINGS = ("api_key", "key", "token", "password", "secret")
+_SECRET_SETTINGS = ("api_key", "key", "token", "password", "secret", "client_secret", "access_token",
+                    "azure_client_secret", "google_credentials")
 
 
 def make_endpoint(name: str, settings: Mapping[str, Any] | Endpoint, source: str) -> Endpoint:
@@ -139,7 +164,8 @@ def make_endpoint(name: str, settings: Mapping[str, Any] | Endpoint, source: str
         if key in _SECRET_SETTINGS:
             raise ConfigError(
                 f"endpoint {name!r} ({source}): never put a key in settings; export it in an environment "
-                f"variable and name that variable with api_key_env")
+                f"variable and name that variable with api_key_env (client_secret_env for an OAuth client secret), "
+                f"or keep it in ~/.databrickscfg")
         if key not in SETTING_NAMES:
             hint = difflib.get_close_matches(key, SETTING_NAMES, n=1)
             suggestion = f"; did you mean {hint[0]!r}?" if hint else f"; valid settings: {', '.join(SETTING_NAMES)}"

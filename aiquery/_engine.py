@@ -17,6 +17,7 @@ import asyncio
 import collections
 import concurrent.futures
 import contextlib
+import dataclasses
 import hashlib
 import itertools
 import os
@@ -42,9 +43,10 @@ from ._http_process import ProcessTransport
 from ._local import SCHEME as LOCAL_SCHEME, LocalTransport
 from ._transport import AiohttpTransport, Response, Transport
 
-_PARSERS: dict[str, Callable[[bytes, str], _wire.Answer]] = {
+_PARSERS: dict[str, Callable[[bytes, str, dict], _wire.Answer]] = {
     "chat": _wire.parse_chat, "completions": _wire.parse_completions, "custom": _wire.parse_custom,
 }
+AUTH_RESENDS = 2     # times one request goes again after a 401, each time with a newer token
 MEMO_SIZE = 50_000   # answers a query remembers for repeats of the same request
 MAX_BEHIND = 100_000  # rows DuckDB may be ahead of the prefetcher before reading ahead stops
 QUERY_IDLE_END = 2.0  # seconds without a UDF call after which a query DuckDB cannot tell about counts as finished
@@ -265,6 +267,8 @@ class Engine:
         self._finalizer = weakref.finalize(self, _shutdown, self._queries, self._loop_thread,
                                            (self._transport, self._local))
         self._queries_lock = threading.RLock()  # the SIGINT handler takes it on whatever thread it interrupts
+        self._token_sources: dict[tuple, Any] = {}  # credentials identity -> its TokenSource (aiquery/_auth.py)
+        self._token_lock = threading.Lock()
         self._query_numbers = itertools.count(1)
         self._finished: collections.deque = collections.deque(maxlen=QUERY_HISTORY)  # for aiquery_query_usage()
 
@@ -304,6 +308,15 @@ class Engine:
         for other in ended:
             self.end_query(other)
         return query, first
+
+    def shared_auth(self, target: Target) -> Target:
+        """`target` with this engine's token source for its credentials: every connection and query
+        using the same credentials shares one token (fetched once, refreshed once)."""
+        if target.auth is None:
+            return target
+        with self._token_lock:
+            auth = self._token_sources.setdefault(target.auth.identity, target.auth)
+        return target if auth is target.auth else dataclasses.replace(target, auth=auth)
 
     def run(self, calls: Sequence[Call], fail_fast: bool, query: Query | None = None) -> list:
         """Answers (or errors) for `calls`, in order. With fail_fast, stops at the first error."""
@@ -651,10 +664,19 @@ class Engine:
             usage.requests += 1
         ticket = limits.concurrency.start(retry=work.attempts > 0)
         status = None
-        started = time.monotonic()
         try:
             transport = self._local if target.url.startswith(LOCAL_SCHEME + ":") else self._transport
-            response = await transport.post(target.url, target.headers, payload, endpoint.timeout, endpoint.name)
+            headers = target.headers if target.auth is None else await target.auth.headers(self._transport)
+            started = time.monotonic()
+            response = await transport.post(target.url, headers, payload, endpoint.timeout, endpoint.name)
+            for _ in range(AUTH_RESENDS if target.auth is not None else 0):
+                if response.status != 401 or not await target.auth.refused(headers, self._transport):
+                    break
+                headers = await target.auth.headers(self._transport)  # a newer token: send once more
+                for usage in usages:
+                    usage.requests += 1
+                    usage.retries += 1
+                response = await transport.post(target.url, headers, payload, endpoint.timeout, endpoint.name)
             status = response.status
             if not 200 <= status < 300:
                 raise _status_error(endpoint, target, response)
@@ -663,7 +685,7 @@ class Engine:
                 _check_dimension(rt, vectors)
                 answers: list[Any] = [_wire.Answer(v, tokens if len(texts) == 1 else {}) for v in vectors]
             else:
-                answers = [_PARSERS[endpoint.task](response.body, endpoint.name)]
+                answers = [_PARSERS[endpoint.task](response.body, endpoint.name, body)]
                 tokens = answers[0].usage
             for answer in answers:
                 answer.attempts = work.attempts + 1
@@ -776,7 +798,11 @@ def _status_error(endpoint: Endpoint, target: Target, response: Response) -> HTT
         reason = ""
     message = _wire.error_text(response.body)
     text = f"endpoint {endpoint.name!r}: HTTP {status} {reason} from {target.url}: {message}"
-    if status in (401, 403):
+    if status in (401, 403) and target.auth is not None:
+        text += (f". {target.auth.describe()}; " +
+                 ("the token was refused even after a refresh: check that these credentials belong to this workspace"
+                  if status == 401 else "check that this identity may query the endpoint (CAN QUERY permission)"))
+    elif status in (401, 403):
         text += (f". The key came from {target.key_source}; check that it is valid for this endpoint"
                  if target.key_source else
                  ". No key was sent: set api_key_env to the environment variable that holds the key")

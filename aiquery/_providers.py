@@ -1,26 +1,27 @@
 """Where an endpoint's requests go and how they authenticate: the URL and headers, nothing else.
 
 openai:      POST {base_url}/chat/completions | /completions | /embeddings, "model" in the body.
-databricks:  POST {host}/serving-endpoints/{model or name}/invocations, no "model" in the body.
+databricks:  POST {host}/serving-endpoints/{model or name}/invocations, no "model" in the body;
+             with served_model, .../serving-endpoints/{name}/served-models/{served_model}/invocations.
+             Host and credentials are found the way the Databricks SDK finds them (aiquery/_auth.py):
+             a token (pat), a service principal's OAuth client id and secret (oauth-m2m), or any
+             auth type of databricks-sdk.
 local:       local://{model}/chat/completions | ... answered in-process (aiquery/_local.py).
-             Host and token are found the way the Databricks SDK finds them: DATABRICKS_HOST /
-             DATABRICKS_TOKEN, else a ~/.databrickscfg profile (DATABRICKS_CONFIG_PROFILE, DEFAULT).
-Both:        `Authorization: Bearer <key>`, the key read from the environment when the request is built.
+openai:      `Authorization: Bearer <key>`, the key read from the environment when the target is resolved.
 """
 
 from __future__ import annotations
 
-import configparser
 import fnmatch
 import hashlib
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from urllib.parse import quote, urlsplit, urlunsplit
 
 import orjson
 
+from . import _auth
 from ._config import OPENAI_BASE_URL, Endpoint
 from ._errors import ConfigError
 from ._local import url as local_url
@@ -31,16 +32,19 @@ _OPENAI_PATHS = {"chat": "/chat/completions", "completions": "/completions", "em
 
 @dataclass(frozen=True)
 class Target:
-    """A resolved destination. `key_source` says where the key came from, for 401/403 messages."""
+    """A resolved destination. `key_source` says where the key came from, for 401/403 messages.
+    With `auth` (OAuth and databricks-sdk credentials), the engine asks it for each request's headers."""
 
     url: str
     sends_model: bool
     key_source: str | None
-    headers: dict[str, str]  # sent with every request; holds the key, so never printed (see __repr__)
-    identity: bytes = field(init=False)  # what the headers change about an answer: see header_identity
+    headers: dict[str, str]  # sent with every request; may hold the key, so never printed (see __repr__)
+    auth: _auth.TokenSource | None = None  # OAuth and the SDK's auth types: the token comes from here
+    identity: bytes = field(init=False)  # what the headers and credentials change about an answer: see header_identity
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "identity", header_identity(self.headers))
+        who = {} if self.auth is None else {"\0credentials": repr(self.auth.identity)}  # no token: who asks for one
+        object.__setattr__(self, "identity", header_identity({**self.headers, **who}))
 
     def __repr__(self) -> str:
         return f"Target(url={self.url!r}, key_source={self.key_source!r})"
@@ -119,40 +123,11 @@ def _openai(endpoint: Endpoint) -> Target:
     return Target(_join(base, _OPENAI_PATHS[endpoint.task]), True, source, _headers(endpoint, key))
 
 
-def _databricks_profile(endpoint: Endpoint) -> tuple[dict[str, str], str]:
-    path = Path(os.environ.get("DATABRICKS_CONFIG_FILE") or Path.home() / ".databrickscfg")
-    name = endpoint.profile or os.environ.get("DATABRICKS_CONFIG_PROFILE") or "DEFAULT"
-    if not path.is_file():
-        return {}, f"{path} [{name}]"
-    parser = configparser.ConfigParser(interpolation=None)
-    try:
-        parser.read(path)
-    except configparser.Error as exc:
-        raise ConfigError(f"endpoint {endpoint.name!r}: cannot read {path}: {exc.__class__.__name__}") from None
-    if name != "DEFAULT" and not parser.has_section(name):
-        if endpoint.profile:
-            raise ConfigError(f"endpoint {endpoint.name!r}: profile [{name}] not found in {path}")
-        return {}, f"{path} [{name}]"
-    return dict(parser[name]), f"{path} [{name}]"
-
-
 def _databricks(endpoint: Endpoint) -> Target:
-    profile, profile_source = {}, ""
-    host = endpoint.host or os.environ.get("DATABRICKS_HOST")
-    key, key_source = _env_key(endpoint)
-    if not host or not key:
-        profile, profile_source = _databricks_profile(endpoint)
-    host = host or profile.get("host")
-    if not host:
-        raise ConfigError(f"endpoint {endpoint.name!r}: no Databricks host; set host in the endpoint settings, "
-                          f"export DATABRICKS_HOST, or add host to {profile_source or '~/.databrickscfg'}")
-    if not host.startswith(("http://", "https://")):
-        host = "https://" + host
-    if key is None and profile.get("token"):
-        key, key_source = profile["token"], f"token in {profile_source}"
-    if key is None:
-        raise ConfigError(f"endpoint {endpoint.name!r}: no Databricks token; export {endpoint.key_env} "
-                          f"or add token to {profile_source or '~/.databrickscfg'}")
+    credentials = _auth.resolve(endpoint, _headers(endpoint, None))
     serving_name = quote(endpoint.model or endpoint.name, safe="")
-    url = _join(_check_url(endpoint, host, "host"), f"/serving-endpoints/{serving_name}/invocations")
-    return Target(url, False, key_source, _headers(endpoint, key))
+    path = f"/serving-endpoints/{serving_name}"
+    if endpoint.served_model:
+        path += f"/served-models/{quote(endpoint.served_model, safe='')}"
+    url = _join(_check_url(endpoint, credentials.host, "host"), path + "/invocations")
+    return Target(url, False, credentials.source, credentials.headers, credentials.auth)

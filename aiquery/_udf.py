@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import math
 import threading
 import weakref
 from dataclasses import dataclass
@@ -46,6 +47,9 @@ class Options:
     expects_json: bool                      # json_object / json_schema: the answer must parse as JSON
     cache: bool | None                      # cache => true/false; None: the endpoint's setting
     details: bool                           # details => true: each row also carries usage and attempts
+    normalize: bool | None = None           # normalize => true/false (embeddings); None: the endpoint's setting
+    tools: bool = False                     # modelParameters is a STRUCT with `tools`: answers are
+                                            # STRUCT(content, tool_calls) (aiquery/sql/options.sql)
 
 
 def read_options(text: str) -> Options:
@@ -68,7 +72,15 @@ def read_options(text: str) -> Options:
         raise ArgumentError(f"details must be true or false, got {details!r}")
     if details and fail_on_error:
         raise ArgumentError("details => true needs failOnError => false (the details go beside each row's answer)")
-    return Options(params, fail_on_error, response_format, output_type, expects_json, cache, details)
+    normalize = raw.get("normalize")
+    if normalize is not None and not isinstance(normalize, bool):
+        raise ArgumentError(f"normalize must be true or false, got {normalize!r}")
+    tools = raw.get("tools") is True
+    if "tools" in params and not tools:
+        raise ArgumentError("modelParameters: tools need modelParameters to be a struct like {'tools': [...]}, "
+                            "not a map: DuckDB types the answer as STRUCT(content, tool_calls) from the struct's fields")
+    return Options(params, fail_on_error, response_format, output_type, expects_json, cache, details, normalize,
+                   tools)
 
 
 def _response_format(value: Any) -> tuple[dict | None, SqlType | None, bool]:
@@ -113,9 +125,13 @@ def _lookup(endpoints: dict[str, Endpoint], name: Any) -> Endpoint:
 
 def _call(endpoint: Endpoint, target: Target, request: Any, options: Options, params: dict,
           image: bytes | None) -> Call:
-    if endpoint.task != "chat" and (options.response_format is not None or image is not None):
-        argument = "responseFormat" if options.response_format is not None else "files"
+    if endpoint.task != "chat" and (options.response_format is not None or image is not None or options.tools):
+        argument = ("responseFormat" if options.response_format is not None else "files" if image is not None
+                    else "modelParameters tools")
         raise ArgumentError(f"{argument} applies to chat endpoints only; endpoint {endpoint.name!r} "
+                            f"is a {endpoint.task} endpoint")
+    if endpoint.task != "embeddings" and options.normalize:
+        raise ArgumentError(f"normalize applies to embeddings endpoints only; endpoint {endpoint.name!r} "
                             f"is a {endpoint.task} endpoint")
     if endpoint.task == "chat":
         body = _wire.chat_body(request, params, options.response_format, [image] if image else [])
@@ -165,28 +181,62 @@ def _check_enums(value: Any, response_format: dict[str, Any] | None) -> None:
                                       f"{json.dumps(items, ensure_ascii=False)}")
 
 
+def _converted(value: Any, output_type: SqlType | None, options: Options) -> Any:
+    """One answer (a text, a vector, a prediction) as the requested type."""
+    if output_type is not None:
+        converted = parse_output(value, output_type) if isinstance(value, str) else conform(value, output_type)
+        _check_enums(converted, options.response_format)
+        return converted
+    if options.expects_json:
+        try:
+            parsed = json.loads(value)
+        except ValueError:
+            raise OutputError(f"the answer is not the JSON responseFormat asked for: {value[:200]!r}") from None
+        _check_enums(parsed, options.response_format)
+    return value
+
+
+def _tool_calls(calls: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    for call in calls:
+        try:
+            json.loads(call["arguments"])
+        except ValueError:
+            raise OutputError(f"the model called tool {call['name']!r} with arguments that are not JSON: "
+                              f"{call['arguments'][:200]!r}") from None
+    return calls
+
+
+def _unit(vector: list[float]) -> list[float]:
+    norm = math.sqrt(sum(x * x for x in vector))
+    if not norm or not math.isfinite(norm):
+        raise OutputError(f"normalize => true: a vector of length {norm} cannot be scaled to unit length")
+    return [x / norm for x in vector]
+
+
 def _value(endpoint: Endpoint, answer: _wire.Answer, options: Options) -> Any:
-    """The answer as a JSON-ready value of the column's type."""
-    value = answer.value
+    """The answer as a JSON-ready value of the column's type. With n > 1 (a list of answers), an
+    ARRAY returnType gets every choice, each converted to its element type; otherwise the first."""
+    value, output_type = answer.value, options.output_type
     try:
-        if options.output_type is not None:
-            if isinstance(value, str):
-                converted = parse_output(value, options.output_type)
-            else:
-                converted = conform(value, options.output_type)
-            _check_enums(converted, options.response_format)
-            return converted
-        if options.expects_json:
-            try:
-                parsed = json.loads(value)
-            except ValueError:
-                raise OutputError(f"the answer is not the JSON responseFormat asked for: {value[:200]!r}") from None
-            _check_enums(parsed, options.response_format)
+        if endpoint.task == "embeddings" and (options.normalize if options.normalize is not None
+                                              else endpoint.normalize):
+            value = _unit(value)
+        if options.tools:
+            if not isinstance(value, dict):  # {'tools': NULL} on this row: nothing offered, a text answer
+                value = {"content": value[0] if isinstance(value, list) else value, "tool_calls": []}
+            content = value["content"]
+            return {"content": None if content is None else _converted(content, output_type, options),
+                    "tool_calls": _tool_calls(value["tool_calls"])}
+        if endpoint.task in ("chat", "completions") and isinstance(value, list):  # n > 1 choices
+            if output_type is not None and output_type.kind in ("list", "array"):
+                return conform([_converted(v, output_type.element, options) for v in value], output_type)
+            value = value[0]
+        value = _converted(value, output_type, options)
     except OutputError as exc:
         cut = (" The answer was cut off at the token limit (finish_reason 'length'): raise max_tokens."
                if answer.finish_reason == "length" else "")
         raise OutputError(f"endpoint {endpoint.name!r}: {exc}{cut}") from None
-    if endpoint.task == "custom" and not isinstance(value, str):
+    if endpoint.task == "custom" and output_type is None and not isinstance(value, str):
         return json.dumps(value, ensure_ascii=False)
     return value
 
@@ -267,7 +317,7 @@ class Registration:
         endpoint = _lookup(self.endpoints, name)
         target = self._targets.get(name)
         if target is None:  # read when first used, so a key exported after connect() is found
-            target = self._targets[name] = resolve(endpoint, self.allowed_hosts)
+            target = self._targets[name] = self.engine.shared_auth(resolve(endpoint, self.allowed_hosts))
         params = self._params.get((name, options))
         if params is None:  # what every body of this endpoint and these options carries
             model = {"model": endpoint.model} if target.sends_model and endpoint.model else {}

@@ -2,7 +2,9 @@
 
 Chat:        {"messages": [...], **params} -> choices[0].message.content (a string, or a list of
              blocks for reasoning models: the "text" blocks are the answer, "reasoning" ones are not).
+             With "tools": {"content": text or None, "tool_calls": [{"id", "name", "arguments"}]}.
 Completions: {"prompt": "...", **params}  -> choices[0].text
+Both:        with "n" > 1, the list of every choice's answer, in choices[].index order.
 Embeddings:  {"input": [...], **params}   -> data[i].embedding, matched to inputs by data[i].index
 Custom:      {"dataframe_records": [record]} -> predictions[0]
 """
@@ -28,7 +30,12 @@ _PARAM_TYPES: dict[str, tuple[type, ...]] = {
     "stop": (str, list), "reasoning_effort": (str,), "thinking": (dict,), "logprobs": (bool,),
 }
 # Set by aiquery itself from other arguments; a modelParameters entry may not override them.
-_RESERVED_PARAMS = ("messages", "prompt", "input", "model", "stream", "dataframe_records")
+_RESERVED_PARAMS = {"messages": "the request argument", "prompt": "the request argument",
+                    "input": "the request argument", "model": "the endpoint's model setting",
+                    "stream": "ai_query, which reads whole answers", "dataframe_records": "the request argument",
+                    "response_format": "the responseFormat argument"}
+_TOOL_CHOICES = ("none", "auto", "required")
+TEXT_ONLY = "__aiquery_text_only"  # the task functions' mark (aiquery/sql/functions.sql): no tools
 
 _IMAGE_TYPES = ((b"\xff\xd8\xff", "image/jpeg"), (b"\x89PNG\r\n\x1a\n", "image/png"),
                 (b"GIF87a", "image/gif"), (b"GIF89a", "image/gif"))
@@ -38,7 +45,7 @@ _IMAGE_TYPES = ((b"\xff\xd8\xff", "image/jpeg"), (b"\x89PNG\r\n\x1a\n", "image/p
 class Answer:
     """One parsed result: `value` is the text, the vector or the prediction."""
 
-    value: Any
+    value: Any  # chat and completions: the text; a list of texts when n > 1 (dicts when tools were sent)
     usage: dict[str, int] = field(default_factory=dict)
     finish_reason: str | None = None
     attempts: int = 1      # requests it took (0: from the response cache)
@@ -52,17 +59,81 @@ def check_model_parameters(params: Any) -> dict[str, Any]:
     if not isinstance(params, Mapping):
         raise ArgumentError(f"modelParameters must be a struct or map like {{'max_tokens': 100}}, got {params!r}")
     out = {}
+    text_only = params.get(TEXT_ONLY) is True
+    params = {k: v for k, v in params.items() if k != TEXT_ONLY}
+    if text_only and params.get("tools") is not None:
+        raise ArgumentError("modelParameters: tools work with ai_query only, not with the task functions "
+                            "(they answer in text)")
     for name, value in params.items():
         if value is None:
             continue  # struct fields left NULL in SQL mean "not set"
         if name in _RESERVED_PARAMS:
-            raise ArgumentError(f"modelParameters: {name!r} is set by ai_query itself and cannot be a parameter")
+            raise ArgumentError(f"modelParameters: {name!r} is set by ai_query itself and cannot be a parameter "
+                                f"(it comes from {_RESERVED_PARAMS[name]})")
         expected = _PARAM_TYPES.get(name)
         if expected and (not isinstance(value, expected) or isinstance(value, bool) and bool not in expected):
             names = " or ".join(t.__name__ for t in expected)
             raise ArgumentError(f"modelParameters: {name!r} must be {names}, got {value!r}")
-        out[name] = value
+        if name == "n" and value < 1:
+            raise ArgumentError(f"modelParameters: 'n' is the number of choices, 1 or more, got {value}")
+        if name == "encoding_format" and value != "float":
+            raise ArgumentError(f"modelParameters: encoding_format {value!r} is not read back; ai_query asks for "
+                                "and returns float vectors (leave encoding_format out)")
+        out[name] = _tools(value) if name == "tools" else _tool_choice(value) if name == "tool_choice" else value
+    if "tool_choice" in out and "tools" not in out:
+        raise ArgumentError("modelParameters: tool_choice needs tools")
+    named = out.get("tool_choice")
+    if isinstance(named, dict):
+        name = (named.get("function") or {}).get("name")
+        if name not in [t["function"]["name"] for t in out["tools"]]:
+            raise ArgumentError(f"modelParameters: tool_choice names function {name!r}, which is not in tools")
     return out
+
+
+def _without_nulls(value: Any) -> Any:
+    """SQL lists of structs get NULL for every field one element lacks: those are not JSON-schema values."""
+    if isinstance(value, Mapping):
+        return {k: _without_nulls(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [_without_nulls(v) for v in value]
+    return value
+
+
+def _json_argument(name: str, value: Any, opening: str) -> Any:
+    if isinstance(value, str) and value.lstrip().startswith(opening):
+        try:
+            return json.loads(value)
+        except ValueError as exc:
+            raise ArgumentError(f"modelParameters: {name} is not valid JSON: {exc}") from None
+    return _without_nulls(value)
+
+
+def _tools(value: Any) -> list[dict[str, Any]]:
+    """tools as a list of {"type": "function", "function": {"name", "description", "parameters"}}, from
+    SQL structs or a JSON text."""
+    tools = _json_argument("tools", value, "[")
+    example = ("[{'type': 'function', 'function': {'name': 'get_weather', 'parameters': {...JSON schema...}}}] "
+               "or that list as JSON text")
+    if not isinstance(tools, list) or not tools:
+        raise ArgumentError(f"modelParameters: tools must be a non-empty list like {example}, got {value!r}")
+    for i, tool in enumerate(tools):
+        function = tool.get("function") if isinstance(tool, Mapping) else None
+        if not isinstance(tool, Mapping) or tool.get("type") != "function" or not isinstance(function, Mapping) \
+                or not isinstance(function.get("name"), str) or not function["name"]:
+            raise ArgumentError(f"modelParameters: tools[{i + 1}] must be {{'type': 'function', 'function': "
+                                f"{{'name': ..., 'parameters': ...}}}}, got {tool!r}")
+        if not isinstance(function.get("parameters", {}), Mapping):
+            raise ArgumentError(f"modelParameters: tools[{i + 1}].function.parameters must be a JSON schema object")
+    return tools
+
+
+def _tool_choice(value: Any) -> str | dict[str, Any]:
+    choice = _json_argument("tool_choice", value, "{")
+    if choice in _TOOL_CHOICES or isinstance(choice, Mapping) and choice.get("type") == "function" \
+            and isinstance(choice.get("function"), Mapping) and isinstance(choice["function"].get("name"), str):
+        return choice
+    raise ArgumentError(f"modelParameters: tool_choice must be one of {', '.join(_TOOL_CHOICES)} or "
+                        f"{{'type': 'function', 'function': {{'name': ...}}}}, got {value!r}")
 
 
 def image_part(data: bytes) -> dict[str, Any]:
@@ -99,6 +170,8 @@ def chat_body(request: Any, params: dict[str, Any], response_format: dict | None
             raise ArgumentError("files: images attach to the last user message, which must be text")
         last["content"] = [{"type": "text", "text": last["content"]}, *(image_part(b) for b in images)]
     body = {"messages": messages, **params}
+    if body.get("tools") and (body.get("n") or 1) > 1:
+        raise ArgumentError("modelParameters: tools with n > 1 is not supported: ask for one choice")
     if response_format is not None:
         body["response_format"] = response_format
     return body
@@ -154,32 +227,65 @@ def _content_text(content: Any) -> str | None:
     return None
 
 
-def _first_choice(data: Any, endpoint: str) -> Mapping:
+def _choices(data: Any, endpoint: str, request: Mapping) -> list[Mapping]:
+    """The choices to read: the first, or all `n` of them in index order."""
     choices = data.get("choices") if isinstance(data, Mapping) else None
-    if not isinstance(choices, list) or not choices or not isinstance(choices[0], Mapping):
+    if not isinstance(choices, list) or not choices or not all(isinstance(c, Mapping) for c in choices):
         raise _missing(endpoint, "choices", data)
-    return choices[0]
+    wanted = request.get("n") or 1
+    if wanted == 1:
+        return choices[:1]
+    if len(choices) != wanted:
+        raise ResponseError(f"endpoint {endpoint!r} answered {len(choices)} choice(s) where n = {wanted} asked for "
+                            f"{wanted}: the server may not support n", endpoint=endpoint, status=200)
+    return sorted(choices, key=lambda c: c.get("index") if isinstance(c.get("index"), int) else 0)
 
 
-def parse_chat(payload: bytes, endpoint: str) -> Answer:
-    data = _load(payload, endpoint)
-    choice = _first_choice(data, endpoint)
+def _answer(values: list[Any], data: Mapping, choices: list[Mapping], request: Mapping) -> Answer:
+    value = values if (request.get("n") or 1) > 1 else values[0]
+    return Answer(value, _usage(data), choices[0].get("finish_reason"))
+
+
+def _tool_calls(message: Mapping, endpoint: str, data: Any) -> list[dict[str, str]]:
+    calls = []
+    for call in message.get("tool_calls") or []:
+        function = call.get("function") if isinstance(call, Mapping) else None
+        name = function.get("name") if isinstance(function, Mapping) else None
+        if not isinstance(name, str):
+            raise _missing(endpoint, "a function name in choices[].message.tool_calls[]", data)
+        arguments = function.get("arguments")
+        if not isinstance(arguments, str):  # some servers send the object itself
+            arguments = json.dumps(arguments if arguments is not None else {}, ensure_ascii=False)
+        calls.append({"id": call.get("id") if isinstance(call.get("id"), str) else None, "name": name,
+                      "arguments": arguments})
+    return calls
+
+
+def _chat_choice(choice: Mapping, endpoint: str, data: Any, tools: bool) -> Any:
     message = choice.get("message")
     text = _content_text(message.get("content")) if isinstance(message, Mapping) else None
-    if text is None:
+    calls = _tool_calls(message, endpoint, data) if tools and isinstance(message, Mapping) else []
+    if text is None and not calls:
         if isinstance(message, Mapping) and message.get("content") is None and message.get("refusal"):
             raise ResponseError(f"endpoint {endpoint!r}: the model refused: {message['refusal']}",
                                 endpoint=endpoint, status=200)
-        raise _missing(endpoint, "choices[0].message.content text", data)
-    return Answer(text, _usage(data), choice.get("finish_reason"))
+        raise _missing(endpoint, "choices[0].message.content text" + (" or tool_calls" if tools else ""), data)
+    return {"content": text, "tool_calls": calls} if tools else text
 
 
-def parse_completions(payload: bytes, endpoint: str) -> Answer:
+def parse_chat(payload: bytes, endpoint: str, request: Mapping) -> Answer:
     data = _load(payload, endpoint)
-    choice = _first_choice(data, endpoint)
-    if not isinstance(choice.get("text"), str):
-        raise _missing(endpoint, "choices[0].text", data)
-    return Answer(choice["text"], _usage(data), choice.get("finish_reason"))
+    choices = _choices(data, endpoint, request)
+    tools = bool(request.get("tools"))
+    return _answer([_chat_choice(c, endpoint, data, tools) for c in choices], data, choices, request)
+
+
+def parse_completions(payload: bytes, endpoint: str, request: Mapping) -> Answer:
+    data = _load(payload, endpoint)
+    choices = _choices(data, endpoint, request)
+    if not all(isinstance(c.get("text"), str) for c in choices):
+        raise _missing(endpoint, "choices[].text", data)
+    return _answer([c["text"] for c in choices], data, choices, request)
 
 
 def parse_embeddings(payload: bytes, endpoint: str, count: int) -> tuple[list[list[float]], dict[str, int]]:
@@ -205,7 +311,7 @@ def parse_embeddings(payload: bytes, endpoint: str, count: int) -> tuple[list[li
     return vectors, _usage(data)  # type: ignore[return-value]
 
 
-def parse_custom(payload: bytes, endpoint: str) -> Answer:
+def parse_custom(payload: bytes, endpoint: str, request: Mapping) -> Answer:
     data = _load(payload, endpoint)
     predictions = data.get("predictions") if isinstance(data, Mapping) else None
     if isinstance(predictions, Mapping):  # some models answer a dict of columns

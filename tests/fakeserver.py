@@ -13,7 +13,21 @@ Routes
     POST /serving-endpoints/{name}/invocations   task inferred from the body: messages -> chat,
         prompt -> completions, input -> embeddings, dataframe_records / dataframe_split / inputs /
         instances -> custom model ({"predictions": [...]}); the answer's "model" is {name}.
+    POST /serving-endpoints/{name}/served-models/{served}/invocations   the same; "model" is {served}.
+    With oauth=FakeOAuth(...) (a Databricks OIDC token service, see that class):
+    POST /oidc/v1/token                          client-credentials tokens (form body, HTTP basic auth)
+    GET  /.well-known/databricks-config, /oidc/.well-known/oauth-authorization-server
+                                                 the discovery documents databricks-sdk reads first
+    GET  /metadata-service/token                 databricks-sdk's metadata-service auth type
     anything else -> 404.
+
+Answers
+    Chat answers "echo: <last user text>"; with "n" > 1 the choices are that, then "... (choice 2)",
+    and so on (completions likewise; JSON and [[reply]] answers are the same in every choice).
+    With "tools", the model calls a tool when tool_choice is "required" or names a function, or
+    when the text holds [[call]] / [[call=NAME]]: one call of that tool (else the first), its
+    arguments a sample of the tool's parameters schema (or [[args=TEXT]]), content null,
+    finish_reason "tool_calls".
 
 Error bodies
     OpenAI routes, 404, 429 (over max_concurrency) and every status injected by a directive use the
@@ -21,7 +35,9 @@ Error bodies
     route (401, 400) use the Databricks shape {"error_code": "UNAUTHENTICATED" | "BAD_REQUEST",
     "message": ...}, so clients get exercised on both.
     Auth (when api_key is set): "Authorization: Bearer KEY" or HTTP basic auth user "token",
-    password KEY.
+    password KEY. With oauth, also "Bearer TOKEN" for a token it issued and that has not expired;
+    the expiry is checked when the request arrives and again when its answer is ready (after the
+    latency), so a token that expires while a slow request is served gets 401 "Token expired".
 
 Directives: written inside the text the client sent, they make one row misbehave. The text is the
 last user message (chat), the prompt(s) (completions), any input (embeddings, whole request), or any
@@ -44,6 +60,9 @@ string value of the first record (custom models). Syntax [[name]], [[name=value]
     [[redirect=URL]]            307 to URL
     [[per_token_embeddings]]    embeddings: one vector per word of each input (llama.cpp's quirk)
     [[dims=N]]                  embeddings: vectors of N dimensions instead of the server's embedding_dim
+    [[scale=X]]                 embeddings: vectors of length X instead of unit vectors (0: all zeros)
+    [[call]], [[call=NAME]], [[args=TEXT]]   chat with tools: see Answers
+    [[choices=N]]               chat/completions: N choices whatever "n" asked (a server that ignores n)
   Transient faults: the fault directives (status, html, sleep, malformed, nofields, empty, reset,
   redirect) take the option times=N: only the first N arrivals of this exact raw body get the fault,
   later ones are answered as if the directive were not there ([[status=503 times=2]],
@@ -81,7 +100,7 @@ OPENAI_PATHS = {
     "/v1/completions": "completions",
     "/v1/embeddings": "embeddings",
 }
-DATABRICKS_PATH = re.compile(r"^/serving-endpoints/([^/]+)/invocations$")
+DATABRICKS_PATH = re.compile(r"^/serving-endpoints/([^/]+)(?:/served-models/([^/]+))?/invocations$")
 # Body key -> task, in the order the Databricks route checks them.
 DATABRICKS_TASKS = {
     "messages": "chat",
@@ -122,6 +141,82 @@ class Received:
 
 class BadRequest(Exception):
     """A request the fake rejects with 400."""
+
+
+class FakeOAuth:
+    """A Databricks OIDC token service for one service principal: POST /oidc/v1/token with
+    grant_type=client_credentials&scope=all-apis and HTTP basic auth (client id, secret) answers
+    {"access_token", "token_type": "Bearer", "expires_in": lifetime}. Counts what it was asked.
+
+    `echo_secret` puts the secret it was sent into its 401 text, as a careless server might.
+    `honoured` is how long the serving routes actually accept a token (default: `lifetime`); 0 makes
+    a workspace that refuses every token it issued."""
+
+    def __init__(self, client_id: str, client_secret: str, lifetime: float = 3600.0, echo_secret: bool = False,
+                 honoured: float | None = None):
+        self.client_id, self.client_secret = client_id, client_secret
+        self.lifetime, self.echo_secret = lifetime, echo_secret
+        self.honoured = lifetime if honoured is None else honoured
+        self._lock = threading.Lock()
+        self._expiry: dict[str, float] = {}  # token -> time.monotonic() it expires
+        self._numbers = itertools.count(1)
+        self.token_requests = 0     # POSTs to the token endpoint, granted or not
+        self.refused_clients = 0    # of those, refused: wrong client id or secret
+        self.metadata_requests = 0  # GETs of /metadata-service/token
+        self.expired_rejections = 0  # serving requests answered 401 because their token had expired
+
+    def issue(self) -> str:
+        token = f"oauth-{next(self._numbers)}-{hashlib.sha256(str(time.monotonic()).encode()).hexdigest()[:12]}"
+        with self._lock:
+            self._expiry[token] = time.monotonic() + self.honoured
+        return token
+
+    def expiry(self, token: str) -> float | None:
+        """When an issued token expires (time.monotonic()), None for a token it never issued."""
+        with self._lock:
+            return self._expiry.get(token)
+
+    @property
+    def issued(self) -> list[str]:
+        with self._lock:
+            return list(self._expiry)
+
+    def revoke(self) -> None:
+        """Every token issued so far stops working now (as if the secret had been rotated)."""
+        now = time.monotonic()
+        with self._lock:
+            self._expiry = {token: min(expiry, now) for token, expiry in self._expiry.items()}
+
+    def token_answer(self, request: web.Request, raw: bytes) -> web.Response:
+        with self._lock:
+            self.token_requests += 1
+        form = dict(pair.split("=", 1) for pair in raw.decode().split("&") if "=" in pair)
+        scheme, _, credentials = request.headers.get("Authorization", "").partition(" ")
+        try:
+            client_id, _, secret = base64.b64decode(credentials).decode().partition(":")
+        except ValueError:
+            client_id = secret = ""
+        if form.get("grant_type") != "client_credentials" or form.get("scope") != "all-apis":
+            return web.json_response({"error": "invalid_request",
+                                      "error_description": f"unexpected form {sorted(form.items())}"}, status=400)
+        if scheme.lower() != "basic" or (client_id, secret) != (self.client_id, self.client_secret):
+            with self._lock:
+                self.refused_clients += 1
+            detail = "Client authentication failed"
+            if self.echo_secret:
+                detail += f" for client {client_id} with secret {secret}"
+            return web.json_response({"error": "invalid_client", "error_description": detail}, status=401)
+        return web.json_response({"access_token": self.issue(), "token_type": "Bearer",
+                                  "expires_in": self.lifetime, "scope": "all-apis"})
+
+    def metadata_answer(self, request: web.Request, host: str) -> web.Response:
+        with self._lock:
+            self.metadata_requests += 1
+        if request.headers.get("X-Databricks-Metadata-Version") != "1" or \
+                request.headers.get("X-Databricks-Host") != host:
+            return web.json_response({"error": "wrong metadata-service headers"}, status=400)
+        return web.json_response({"access_token": self.issue(), "token_type": "Bearer",
+                                  "expires_on": int(time.time() + self.lifetime)})
 
 
 # ---------------------------------------------------------------- helpers (pure)
@@ -269,8 +364,10 @@ class FakeServer:
         embedding_dim: int = 8,
         host: str = "127.0.0.1",
         port: int = 0,
+        oauth: FakeOAuth | None = None,
     ):
         self.api_key = api_key
+        self.oauth = oauth
         self.latency = latency
         self.max_concurrency = max_concurrency
         self.retry_after = retry_after
@@ -402,15 +499,53 @@ class FakeServer:
         return response
 
     async def _route(self, request: web.Request, record: Received) -> web.StreamResponse | None:
+        if self.oauth is not None:
+            answer = self._oauth_route(request, record)
+            if answer is not None:
+                return answer
         databricks = DATABRICKS_PATH.match(record.path)
         task = OPENAI_PATHS.get(record.path)
         if request.method != "POST" or not (task or databricks):
             return openai_error(404, f"Unknown route: {request.method} {record.path}", "not_found")
-        if not self._authorized(request.headers.get("Authorization", "")):
+        header = request.headers.get("Authorization", "")
+        expiry = self._oauth_expiry(header)
+        if expiry is not None and time.monotonic() >= expiry:
+            return self._expired()
+        if expiry is None and not self._authorized(header):
             if databricks:
                 return databricks_error(401, "UNAUTHENTICATED", "Invalid API key provided")
             return openai_error(401, "Invalid API key provided", "invalid_api_key")
+        response = await self._limited(request, record, task, databricks)
+        if expiry is not None and time.monotonic() >= expiry and response is not None and response.status < 300:
+            return self._expired()  # the token expired while the request was being served
+        return response
 
+    def _oauth_route(self, request: web.Request, record: Received) -> web.StreamResponse | None:
+        oauth, path = self.oauth, record.path
+        if request.method == "POST" and path == "/oidc/v1/token":
+            return oauth.token_answer(request, record.raw)
+        if request.method == "GET" and path == "/.well-known/databricks-config":
+            return web.json_response({"oidc_endpoint": self.url + "/oidc", "workspace_id": "1234567890"})
+        if request.method == "GET" and path == "/oidc/.well-known/oauth-authorization-server":
+            return web.json_response({"issuer": self.url + "/oidc", "token_endpoint": self.url + "/oidc/v1/token",
+                                      "authorization_endpoint": self.url + "/oidc/v1/authorize"})
+        if request.method == "GET" and path == "/metadata-service/token":
+            return oauth.metadata_answer(request, self.url)
+        return None
+
+    def _oauth_expiry(self, header: str) -> float | None:
+        scheme, _, token = header.partition(" ")
+        if self.oauth is None or scheme.lower() != "bearer":
+            return None
+        return self.oauth.expiry(token)
+
+    def _expired(self) -> web.Response:
+        with self.oauth._lock:
+            self.oauth.expired_rejections += 1
+        return databricks_error(401, "UNAUTHENTICATED", "Token expired")
+
+    async def _limited(self, request: web.Request, record: Received, task: str | None,
+                       databricks: re.Match | None) -> web.StreamResponse | None:
         with self._lock:
             rejected = self.max_concurrency is not None and self._in_flight >= self.max_concurrency
             if not rejected:
@@ -421,7 +556,8 @@ class FakeServer:
             message = "Rate limit reached (fake max_concurrency)"
             return openai_error(429, message, "rate_limit_exceeded", headers)
         try:
-            return await self._serve(request, record, task, databricks[1] if databricks else None)
+            endpoint = (databricks[2] or databricks[1]) if databricks else None
+            return await self._serve(request, record, task, endpoint)
         except BadRequest as exc:
             if databricks:
                 return databricks_error(400, "BAD_REQUEST", str(exc))
@@ -432,7 +568,7 @@ class FakeServer:
 
     def _authorized(self, header: str) -> bool:
         if self.api_key is None:
-            return True
+            return self.oauth is None  # with oauth, only its own tokens
         scheme, _, credentials = header.partition(" ")
         if scheme.lower() == "bearer":
             return credentials == self.api_key
@@ -578,28 +714,61 @@ class FakeServer:
             content = "echo: " + text + (f" +{len(images)} image(s)" if images else "")
         completion_words = max(1, words(content))
 
-        message_content: Any = content
-        if "reasoning" in directives:
-            message_content = [
-                {"type": "reasoning", "summary": [REASONING_SUMMARY]},
-                {"type": "text", "text": content},
-            ]
-        choice = {
-            "message": {"role": "assistant", "content": message_content},
-            "finish_reason": directives.get("finish") or "stop",
-        }
+        call = self._tool_call(body, directives)
+        choices = []
+        for i in range(self._choice_count(body, directives)):
+            plain = "reply" not in directives and not response_format.get("type", "text").startswith("json")
+            text_i = f"{content} (choice {i + 1})" if i and plain else content
+            message_content: Any = text_i
+            if "reasoning" in directives:
+                message_content = [
+                    {"type": "reasoning", "summary": [REASONING_SUMMARY]},
+                    {"type": "text", "text": text_i},
+                ]
+            message: dict[str, Any] = {"role": "assistant", "content": message_content}
+            if call is not None:
+                message = {"role": "assistant", "content": None, "tool_calls": [call]}
+            finish = "tool_calls" if call is not None else directives.get("finish") or "stop"
+            choices.append({"index": i, "message": message, "finish_reason": finish})
         return {
             "id": f"chatcmpl-{next(self._ids)}",
             "object": "chat.completion",
             "created": int(time.time()),
             "model": model,
-            "choices": [{"index": i, **choice} for i in range(max(1, body.get("n") or 1))],
+            "choices": choices,
             "usage": self._usage(prompt_words, completion_words, directives),
         }
+
+    @staticmethod
+    def _choice_count(body: dict, directives: dict) -> int:
+        try:
+            return int(directives.get("choices") or max(1, body.get("n") or 1))
+        except ValueError:
+            raise BadRequest(f"bad directive: [[choices={directives['choices']}]]") from None
+
+    def _tool_call(self, body: dict, directives: dict) -> dict | None:
+        """The tool call the fake model makes, if any (see Answers in the module docstring)."""
+        tools = [t.get("function") or {} for t in body.get("tools") or [] if isinstance(t, dict)]
+        choice = body.get("tool_choice")
+        if not tools or choice == "none":
+            return None
+        named = choice.get("function", {}).get("name") if isinstance(choice, dict) else directives.get("call")
+        if not (named or choice == "required" or "call" in directives):
+            return None
+        function = next((f for f in tools if f.get("name") == named), None) if named else tools[0]
+        if function is None:
+            raise BadRequest(f"tool {named!r} is not among the tools sent")
+        arguments = directives.get("args")
+        if arguments is None:
+            arguments = json.dumps(sample_for_schema(function.get("parameters") or {"type": "object"}))
+        return {"id": f"call_{next(self._ids)}", "type": "function",
+                "function": {"name": function.get("name"), "arguments": arguments}}
 
     def _completions(self, body: dict, model: str, directives: dict) -> dict:
         prompts = [str(p) for p in as_list(body.get("prompt", ""))]
         texts = [directives["reply"] if "reply" in directives else "completion: " + p for p in prompts]
+        n = self._choice_count(body, directives)
+        texts = [f"{t} (choice {i + 1})" if i and "reply" not in directives else t for t in texts for i in range(n)]
         finish = directives.get("finish") or "stop"
         return {
             "id": f"cmpl-{next(self._ids)}",
@@ -619,6 +788,8 @@ class FakeServer:
             vectors: list = [[embed(w, self.embedding_dim) for w in (t.split() or [t])] for t in inputs]
         else:
             vectors = [embed(t, int(directives.get("dims") or self.embedding_dim)) for t in inputs]
+        if "scale" in directives:
+            vectors = [[x * float(directives["scale"]) for x in v] for v in vectors]
         usage = self._usage(sum(map(words, inputs)), 0, directives)
         return {
             "object": "list",

@@ -54,3 +54,32 @@ def test_a_bad_token_names_where_it_came_from(endpoints, server, monkeypatch):
     message = str(info.value)
     assert "HTTP 401" in message and "environment variable DATABRICKS_TOKEN" in message
     assert "dapi-wrong-token" not in message
+
+
+def test_served_model_targets_one_model_behind_a_multi_model_endpoint(endpoints, server):
+    endpoints["champion"] = {"provider": "databricks", "model": "house-llm", "served_model": "llama-v2"}
+    endpoints["challenger"] = {"provider": "databricks", "model": "house-llm", "served_model": "llama-v3.1 beta"}
+    with aiquery.connect(endpoints=endpoints) as con:
+        assert con.sql("SELECT ai_query('champion', 'hi'), ai_query('challenger', 'hi')").fetchall() == [
+            ("echo: hi", "echo: hi")]
+    assert sorted(r.path for r in server.requests) == [
+        "/serving-endpoints/house-llm/served-models/llama-v2/invocations",
+        "/serving-endpoints/house-llm/served-models/llama-v3.1 beta/invocations"]
+    assert {r.headers["authorization"] for r in server.requests} == {f"Bearer {CANARY_KEY}"}
+    assert all("model" not in r.body for r in server.requests)
+    with pytest.raises(aiquery.ConfigError, match="served_model applies to provider = 'databricks' only"):
+        aiquery.connect(endpoints={"x": {"base_url": server.openai_base, "served_model": "a"}})
+
+
+def test_a_token_from_a_profile_names_the_profile_on_401(server, monkeypatch, tmp_path):
+    cfg = tmp_path / "databrickscfg"
+    cfg.write_text(f"[prod]\nhost = {server.url}\ntoken = dapi-revoked\n")
+    for name in ("DATABRICKS_HOST", "DATABRICKS_TOKEN"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("DATABRICKS_CONFIG_FILE", str(cfg))
+    monkeypatch.setenv("DATABRICKS_CONFIG_PROFILE", "prod")
+    with aiquery.connect(endpoints={"llm": {"provider": "databricks", "model": "m"}}) as con:
+        with pytest.raises(Exception) as info:
+            con.sql("SELECT ai_query('llm', 'hi')").fetchall()
+    assert f"The key came from the token in profile [prod] in {cfg}" in str(info.value)
+    assert "dapi-revoked" not in str(info.value)

@@ -60,7 +60,8 @@ def test_readme_settings_example_is_valid(tmp_path):
     from aiquery._usage import Price
 
     readme = (ROOT / "README.md").read_text()
-    block, prices = re.findall(r"```toml\n(.*?)```", readme, flags=re.S)
+    blocks = re.findall(r"```toml\n(.*?)```", readme, flags=re.S)
+    block, prices = blocks[0], next(b for b in blocks if "[prices." in b)
     config = tmp_path / "aiquery.toml"
     config.write_text(block + "\n" + prices)
     assert read_prices(config) == {"gpt-4o-mini": Price(0.15, 0.60)}
@@ -68,6 +69,37 @@ def test_readme_settings_example_is_valid(tmp_path):
     assert {name: e.task for name, e in endpoints.items() if e.source == str(config)} == {
         "chat": "chat", "embed": "embeddings", "llama": "chat"}
     assert endpoints["llama"].provider == "databricks" and endpoints["chat"].model_parameters == {"temperature": 0.0}
+
+
+def test_readme_databricks_examples_resolve_to_their_auth_types(tmp_path, monkeypatch):
+    from aiquery import _auth
+    from aiquery._config import load_endpoints
+    from aiquery._providers import resolve
+
+    readme = (ROOT / "README.md").read_text()
+    start = readme.index("## Databricks in production")
+    section = readme[start:readme.index("\n## ", start + 1)]
+    (profile,) = re.findall(r"```ini\n(.*?)```", section, flags=re.S)
+    config = tmp_path / "aiquery.toml"
+    config.write_text("\n".join(re.findall(r"```toml\n(.*?)```", section, flags=re.S)))
+    (tmp_path / "databrickscfg").write_text(profile)
+    for name in [n for n in os.environ if n.startswith("DATABRICKS_")]:
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("DATABRICKS_CONFIG_FILE", str(tmp_path / "databrickscfg"))
+    for name in ("DATABRICKS_CLIENT_ID", "DATABRICKS_CLIENT_SECRET", "TEAM_A_CLIENT_ID", "TEAM_A_CLIENT_SECRET"):
+        monkeypatch.setenv(name, "x")
+    monkeypatch.setenv("DATABRICKS_HOST", "https://adb-1.azuredatabricks.net")
+    endpoints = load_endpoints(config=config)
+    kinds = {name: type(resolve(e).auth).__name__ for name, e in endpoints.items() if e.provider == "databricks"
+             and name not in ("llama-dev", "llama-azure", "llama-sdk")}
+    assert kinds == {"llama": "ClientCredentials", "llama-prod": "ClientCredentials", "team-a": "ClientCredentials",
+                     "challenger": "ClientCredentials"}
+    served = resolve(endpoints["challenger"]).url
+    assert served == "https://adb-1.azuredatabricks.net/serving-endpoints/house-llm/served-models/llama-v3/invocations"
+    monkeypatch.setenv("DATABRICKS_TOKEN", "x")
+    assert resolve(endpoints["llama-dev"]).auth is None  # pat: a fixed header
+    if _auth.sdk_installed():
+        assert {resolve(endpoints[name]).auth.auth_type for name in ("llama-azure", "llama-sdk")} == {"databricks-sdk"}
 
 
 def test_ci_runs_the_readme_set_up_commands_verbatim():

@@ -41,13 +41,13 @@ def test_requests_through_an_injected_httpx_transport():
 ])
 def test_chat_bodies_that_break_the_wire_format(payload, message):
     with pytest.raises(ResponseError, match=re.escape(message)):
-        _wire.parse_chat(payload, "e")
+        _wire.parse_chat(payload, "e", {})
 
 
 def test_reasoning_blocks_keep_only_the_text():
     content = [{"type": "reasoning", "summary": [{"type": "summary_text", "text": "hmm"}]},
                {"type": "text", "text": "4"}]
-    answer = _wire.parse_chat(json.dumps(_chat_reply(content)).encode(), "e")
+    answer = _wire.parse_chat(json.dumps(_chat_reply(content)).encode(), "e", {})
     assert answer.value == "4" and answer.usage["total_tokens"] == 5 and answer.finish_reason == "stop"
 
 

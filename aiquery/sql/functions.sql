@@ -44,9 +44,16 @@ list_transform([to_json(result)], lambda j: json_transform_strict(
                 ELSE '{"response": ' || type || ', "errorMessage": "VARCHAR"}' END,
            nullif(name, name))))[1];
 
+-- The chat functions answer in text, so their modelParameters carry a mark that makes the Python side
+-- refuse tools (which turn ai_query's answer into STRUCT(content, tool_calls)); it is never sent.
+-- error() here would stop DuckDB from folding the answer's type at bind time.
+CREATE OR REPLACE TEMP MACRO __aiquery_text_only(modelParameters) AS
+json_merge_patch(coalesce(to_json(modelParameters), '{}'), '{"__aiquery_text_only": true}');
+
 CREATE OR REPLACE TEMP MACRO ai_gen(prompt, endpoint := $DEFAULT_CHAT_ENDPOINT, modelParameters := NULL,
                                     failOnError := true) AS
-ai_query(endpoint, prompt::VARCHAR, modelParameters := modelParameters, failOnError := failOnError);
+ai_query(endpoint, prompt::VARCHAR, modelParameters := __aiquery_text_only(modelParameters),
+         failOnError := failOnError);
 
 -- max_words 0: no limit.
 CREATE OR REPLACE TEMP MACRO ai_summarize(content, max_words := 50, endpoint := $DEFAULT_CHAT_ENDPOINT,
@@ -57,20 +64,20 @@ ai_query(endpoint,
                                  ELSE 'Summarize the text in at most ' || max_words::VARCHAR
                                       || ' words. Answer with the summary only.' END,
                             content),
-         modelParameters := modelParameters, failOnError := failOnError);
+         modelParameters := __aiquery_text_only(modelParameters), failOnError := failOnError);
 
 CREATE OR REPLACE TEMP MACRO ai_translate(content, to_lang, endpoint := $DEFAULT_CHAT_ENDPOINT,
                                           modelParameters := NULL, failOnError := true) AS
 ai_query(endpoint,
          __aiquery_messages('Translate the text to ' || to_lang || '. Answer with the translation only.', content),
-         modelParameters := modelParameters, failOnError := failOnError);
+         modelParameters := __aiquery_text_only(modelParameters), failOnError := failOnError);
 
 CREATE OR REPLACE TEMP MACRO ai_fix_grammar(content, endpoint := $DEFAULT_CHAT_ENDPOINT, modelParameters := NULL,
                                             failOnError := true) AS
 ai_query(endpoint,
          __aiquery_messages('Correct the grammar and spelling of the text. Answer with the corrected text only.',
                             content),
-         modelParameters := modelParameters, failOnError := failOnError);
+         modelParameters := __aiquery_text_only(modelParameters), failOnError := failOnError);
 
 -- positive, negative, neutral or mixed: the schema's enum constrains the model, and the answer is
 -- checked against it (aiquery/_udf.py).
@@ -79,7 +86,7 @@ CREATE OR REPLACE TEMP MACRO ai_analyze_sentiment(content, endpoint := $DEFAULT_
 __aiquery_field(
     ai_query(endpoint,
              __aiquery_messages('What is the sentiment of the text: positive, negative, neutral or mixed?', content),
-             modelParameters := modelParameters, failOnError := failOnError,
+             modelParameters := __aiquery_text_only(modelParameters), failOnError := failOnError,
              responseFormat := __aiquery_schema_format('sentiment', json_object('type', 'string', 'enum',
                                                        ['positive', 'negative', 'neutral', 'mixed'])),
              returnType := 'STRUCT(sentiment VARCHAR)'),
@@ -98,7 +105,7 @@ __aiquery_field(
                                      ELSE 'Classify the text with one of these labels: '
                                           || array_to_string(labels, ', ') || '.' END,
                                 content),
-             modelParameters := modelParameters, failOnError := failOnError,
+             modelParameters := __aiquery_text_only(modelParameters), failOnError := failOnError,
              responseFormat := CASE WHEN multilabel
                                     THEN __aiquery_schema_format('labels', json_object('type', 'array', 'items',
                                                                  json_object('type', 'string', 'enum', labels),
@@ -115,7 +122,7 @@ CREATE OR REPLACE TEMP MACRO ai_extract(content, labels, endpoint := $DEFAULT_CH
 ai_query(endpoint,
          __aiquery_messages('Extract the ' || array_to_string(labels, ', ')
                             || ' from the text. Answer with an empty string for any not in the text.', content),
-         modelParameters := modelParameters, failOnError := failOnError,
+         modelParameters := __aiquery_text_only(modelParameters), failOnError := failOnError,
          responseFormat := 'STRUCT<`' || array_to_string(labels, '`: STRING, `') || '`: STRING>');
 
 CREATE OR REPLACE TEMP MACRO ai_mask(content, labels, endpoint := $DEFAULT_CHAT_ENDPOINT, modelParameters := NULL,
@@ -123,7 +130,7 @@ CREATE OR REPLACE TEMP MACRO ai_mask(content, labels, endpoint := $DEFAULT_CHAT_
 ai_query(endpoint,
          __aiquery_messages('Replace every ' || array_to_string(labels, ', ')
                             || ' in the text with [MASKED]. Answer with the masked text only.', content),
-         modelParameters := modelParameters, failOnError := failOnError);
+         modelParameters := __aiquery_text_only(modelParameters), failOnError := failOnError);
 
 -- Whether the text meets condition: a BOOLEAN for WHERE clauses.
 CREATE OR REPLACE TEMP MACRO ai_filter(content, condition, endpoint := $DEFAULT_CHAT_ENDPOINT,
@@ -131,13 +138,14 @@ CREATE OR REPLACE TEMP MACRO ai_filter(content, condition, endpoint := $DEFAULT_
 __aiquery_field(
     ai_query(endpoint,
              __aiquery_messages('Is this true of the text: ' || condition || '?', content),
-             modelParameters := modelParameters, failOnError := failOnError,
+             modelParameters := __aiquery_text_only(modelParameters), failOnError := failOnError,
              responseFormat := 'STRUCT<result: BOOLEAN>'),
     'result', failOnError, '"BOOLEAN"');
 
 CREATE OR REPLACE TEMP MACRO ai_embed(content, endpoint := $DEFAULT_EMBEDDING_ENDPOINT, modelParameters := NULL,
-                                      failOnError := true) AS
-ai_query(endpoint, content::VARCHAR, modelParameters := modelParameters, failOnError := failOnError);
+                                      failOnError := true, normalize := NULL) AS
+ai_query(endpoint, content::VARCHAR, modelParameters := modelParameters, failOnError := failOnError,
+         normalize := normalize);
 
 -- The embedding vector in an ai_embed result (as JSON), whichever failOnError shaped it.
 CREATE OR REPLACE TEMP MACRO __aiquery_vector(j, failOnError) AS
