@@ -7,7 +7,7 @@
 
 from ._config import Endpoint
 from ._engine import Engine
-from ._errors import (AIQueryError, ArgumentError, ConfigError, HTTPStatusError, OutputError, QueryInterrupted,
+from ._errors import (AIQueryError, ArgumentError, BatchError, ConfigError, HTTPStatusError, OutputError, QueryInterrupted,
                       RequestError, ResponseError, TransportError, UnknownEndpointError)
 from ._estimate import estimate
 from ._registration import connect, register
@@ -16,7 +16,7 @@ from ._transport import AiohttpTransport, HttpxTransport
 __version__ = "0.1.0"
 
 __all__ = [
-    "AIQueryError", "AiohttpTransport", "ArgumentError", "ConfigError", "Endpoint", "Engine", "HTTPStatusError",
+    "AIQueryError", "AiohttpTransport", "ArgumentError", "BatchError", "ConfigError", "Endpoint", "Engine", "HTTPStatusError",
     "HttpxTransport", "OutputError", "QueryInterrupted", "RequestError", "ResponseError", "TransportError", "UnknownEndpointError",
     "connect", "estimate", "register",
 ]

@@ -62,7 +62,7 @@ def test_a_builtin_price_and_a_bad_price_table(endpoints, server, engine, tmp_pa
         assert usage_row(con)["cost_usd"] == pytest.approx(0.15 + 0.60)
     config = tmp_path / "bad.toml"
     config.write_text('[prices."m"]\ninput = "cheap"\n')
-    with pytest.raises(aiquery.ConfigError, match=r"\[prices.'m'\] takes input = and output ="):
+    with pytest.raises(aiquery.ConfigError, match=r"\[prices.'m'\] takes input =, output =, cached_input ="):
         aiquery.connect(endpoints=endpoints, config=config)
 
 

@@ -3,6 +3,6 @@
 -- the real query will ask for.
 CREATE OR REPLACE TEMP MACRO ai_query(endpoint, request, modelParameters := NULL, failOnError := true,
                                       responseFormat := NULL, returnType := NULL, files := NULL,
-                                      cache := NULL, details := false) AS
+                                      cache := NULL, details := false, batch := NULL) AS
 {'endpoint': endpoint, 'request': to_json(request),
- 'options': __aiquery_options(modelParameters, failOnError, responseFormat, returnType, cache, details), 'files': files};
+ 'options': __aiquery_options(modelParameters, failOnError, responseFormat, returnType, cache, details, batch), 'files': files};
