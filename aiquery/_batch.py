@@ -579,3 +579,31 @@ class BatchDispatcher:
         for store in self._stores.values():
             store.close()
         self._stores.clear()
+
+
+def batch_cost(row: dict[str, Any], price: Any) -> float | None:
+    """A stored batch's cost so far (its tokens at the batch price); None without a price."""
+    if price is None:
+        return None
+    return price.tokens_cost(row["prompt_tokens"], row["cached_tokens"], row["completion_tokens"]) * price.batch
+
+
+async def refresh(store: BatchStore, rows: list[dict[str, Any]], endpoints: dict[str, Endpoint],
+                  cancel: bool = False) -> list[str]:
+    """Asks the provider for the status of `rows` (or cancels them) and records it; returns a
+    note for each row that could not be asked (its endpoint gone or moved)."""
+    from ._providers import resolve
+
+    notes = []
+    async with httpx.AsyncClient(follow_redirects=False) as http:
+        for row in rows:
+            endpoint = endpoints.get(row["endpoint"])
+            target = resolve(endpoint) if endpoint is not None and endpoint.provider == "openai" else None
+            if target is None or endpoint.task != row["task"] or base_url(target, endpoint.task) != row["base_url"]:
+                notes.append(f"{row['batch_id']}: endpoint {row['endpoint']!r} no longer points at {row['base_url']}; "
+                             "status as last seen")
+                continue
+            client = BatchClient(endpoint, target, http, row["base_url"])
+            batch = await (client.cancel if cancel else client.retrieve)(row["batch_id"])
+            store.update(row["id"], **progress_fields(batch))
+    return notes

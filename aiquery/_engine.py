@@ -595,6 +595,7 @@ class Engine:
                 continue
             if isinstance(outcome, BaseException):
                 entry.future.set_exception(outcome)
+                entry.future.exception()  # read by the batches waiting now; a row read ahead may never be
             else:
                 entry.future.set_result(outcome)
             self._maybe_drop(key, entry)

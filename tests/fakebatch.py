@@ -30,10 +30,12 @@ the rows done so far.
 
 from __future__ import annotations
 
+import email.policy
 import itertools
 import json
 import time
 from dataclasses import dataclass, field
+from email.parser import BytesParser
 from typing import Any
 
 from aiohttp import web
@@ -106,9 +108,8 @@ class FakeBatchServer(FakeServer):
             return openai_error(401, "Invalid API key provided", "invalid_api_key")
         parts = path.strip("/").split("/")  # ["v1", "files" | "batches", id?, action?]
         if parts[1] == "files" and request.method == "POST" and len(parts) == 2:
-            form = await request.post()  # before taking the lock: handlers share this loop's thread
             with self._lock:
-                return self._upload(form)
+                return self._upload(request.headers.get("Content-Type", ""), record.raw)
         with self._lock:
             if parts[1] == "files" and request.method == "GET" and len(parts) == 4 and parts[3] == "content":
                 content = self.files.get(parts[2])
@@ -133,18 +134,23 @@ class FakeBatchServer(FakeServer):
                 return web.json_response(self._object(batch))
         return openai_error(404, f"Unknown route: {request.method} {path}", "not_found")
 
-    def _upload(self, form) -> web.Response:
+    def _upload(self, content_type: str, raw: bytes) -> web.Response:
+        # FakeServer has read the body already (to record it): parse the multipart form from it
+        message = BytesParser(policy=email.policy.HTTP).parsebytes(
+            f"Content-Type: {content_type}\r\n\r\n".encode() + raw)
+        form = {part.get_param("name", header="content-disposition"): part for part in message.iter_parts()} \
+            if message.is_multipart() else {}
         upload, purpose = form.get("file"), form.get("purpose")
-        if purpose != "batch" or upload is None or not hasattr(upload, "file"):
+        if purpose is None or purpose.get_content() != "batch" or upload is None or not upload.get_filename():
             return openai_error(400, "purpose must be 'batch' and file a JSONL upload")
-        content = upload.file.read()
+        content = upload.get_payload(decode=True)
         if len(content) > self.max_bytes:
             return openai_error(400, f"File is too large: {len(content)} bytes, the limit is {self.max_bytes}")
         file_id = f"file-{len(self.files) + 1}"
         self.files[file_id] = content
         self.uploads.append(file_id)
         return web.json_response({"id": file_id, "object": "file", "bytes": len(content), "purpose": "batch",
-                                  "filename": upload.filename, "created_at": int(time.time())})
+                                  "filename": upload.get_filename(), "created_at": int(time.time())})
 
     def _create(self, body: dict) -> web.Response:
         file_id = body.get("input_file_id")
