@@ -24,12 +24,15 @@ so directives work: [[status=400]] in a row makes that row an error line with th
 OpenAI error body; [[tokens=P,C]] and [[cached=N]] set its usage. A file with more than
 `max_requests` lines or a line that is not a request fails the batch at validation (status
 failed, errors.data naming the line), as OpenAI does; `max_bytes` refuses the upload (400).
+`create_delay` seconds pass between creating a batch and answering its POST (a client killed
+meanwhile has created a batch it never heard of).
 The batch object carries request_counts and usage (input_tokens, output_tokens, cached tokens) of
 the rows done so far.
 """
 
 from __future__ import annotations
 
+import asyncio
 import email.policy
 import itertools
 import json
@@ -64,8 +67,9 @@ class FakeBatch:
 
 class FakeBatchServer(FakeServer):
     def __init__(self, *, rows_per_poll: int | None = None, max_requests: int = 50_000,
-                 max_bytes: int = 200_000_000, **options: Any):
+                 max_bytes: int = 200_000_000, create_delay: float = 0.0, **options: Any):
         super().__init__(**options)
+        self.create_delay = create_delay
         self.rows_per_poll = rows_per_poll
         self.max_requests = max_requests
         self.max_bytes = max_bytes
@@ -110,14 +114,17 @@ class FakeBatchServer(FakeServer):
         if parts[1] == "files" and request.method == "POST" and len(parts) == 2:
             with self._lock:
                 return self._upload(request.headers.get("Content-Type", ""), record.raw)
+        if parts[1] == "batches" and request.method == "POST" and len(parts) == 2:
+            with self._lock:
+                response = self._create(record.body or {})
+            await asyncio.sleep(self.create_delay)  # created already: a client killed meanwhile never hears of it
+            return response
         with self._lock:
             if parts[1] == "files" and request.method == "GET" and len(parts) == 4 and parts[3] == "content":
                 content = self.files.get(parts[2])
                 if content is None:
                     return openai_error(404, f"No such File object: {parts[2]}", "not_found")
                 return web.Response(body=content, content_type="application/octet-stream")
-            if parts[1] == "batches" and request.method == "POST" and len(parts) == 2:
-                return self._create(record.body or {})
             if parts[1] == "batches" and request.method == "GET" and len(parts) == 2:
                 return self._list(request)
             batch = self.batches.get(parts[2]) if len(parts) > 2 else None
