@@ -308,6 +308,7 @@ class BatchDispatcher:
         self._stores: dict[Path, BatchStore] = {}
         self._gathering: dict[tuple, _Gathering] = {}
         self._jobs: dict[str, _Job] = {}
+        self._job_of: dict[bytes, _Job] = {}  # the keys of this process's batches, recorded in the store or not yet
         self._http: httpx.AsyncClient | None = None
 
     def store(self, call: Call) -> BatchStore:
@@ -324,12 +325,15 @@ class BatchDispatcher:
         for call in calls:
             by_store.setdefault(self.store(call), []).append(call)
         for store, group in by_store.items():
-            pending = store.pending([call.key for call in group])
+            pending = store.pending([call.key for call in group if call.key not in self._job_of])
             for call in group:
+                job = self._job_of.get(call.key)
                 batch = pending.get(call.key)
-                if batch is not None:
+                if job is None and batch is not None:
                     job = self._jobs.get(batch) or self._resume(store, batch, call)
+                if job is not None:
                     job.calls[call.key] = (call, query)
+                    self._job_of[call.key] = job
                 else:
                     self._gather(store, call, query)
 
@@ -337,6 +341,12 @@ class BatchDispatcher:
         job = self._jobs[batch] = _Job(batch, call.endpoint, call.target, store)
         asyncio.get_running_loop().create_task(self._run(job))
         return job
+
+    def _forget(self, job: _Job) -> None:
+        self._jobs.pop(job.id, None)
+        for key in [*job.keys, *job.calls]:
+            if self._job_of.get(key) is job:
+                del self._job_of[key]
 
     def _gather(self, store: BatchStore, call: Call, query: Query | None) -> None:
         group = (store.path, call.target.url, call.body.get("model"))
@@ -386,6 +396,7 @@ class BatchDispatcher:
                    {key: gathering.calls[key] for key, _ in wanted}, b"".join(line for _, line in wanted),
                    [key for key, _ in wanted])
         self._jobs[job.id] = job
+        self._job_of.update(dict.fromkeys(job.keys, job))
         asyncio.get_running_loop().create_task(self._run(job))
 
     def _client(self, job: _Job) -> BatchClient:
@@ -450,7 +461,7 @@ class BatchDispatcher:
                 store.update(job.id, status="missing", collected=1, message=str(exc))  # the provider has no such batch
             self._fail(job, exc)
         finally:
-            self._jobs.pop(job.id, None)
+            self._forget(job)
 
     async def _create(self, job: _Job, client: BatchClient, row: dict[str, Any]) -> dict[str, Any] | None:
         """Creates the batch over the recorded file, unless one was created already (a kill or a

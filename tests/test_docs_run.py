@@ -60,13 +60,14 @@ def test_readme_settings_example_is_valid(tmp_path):
     from aiquery._usage import Price
 
     readme = (ROOT / "README.md").read_text()
-    block, prices = re.findall(r"```toml\n(.*?)```", readme, flags=re.S)
+    block, prices, batch = re.findall(r"```toml\n(.*?)```", readme, flags=re.S)
     config = tmp_path / "aiquery.toml"
-    config.write_text(block + "\n" + prices)
-    assert read_prices(config) == {"gpt-4o-mini": Price(0.15, 0.60)}
+    config.write_text(block + "\n" + batch + "\n" + prices)
+    assert read_prices(config) == {"gpt-4o-mini": Price(0.15, 0.60, cached_input=0.075, batch=0.5)}
     endpoints = load_endpoints(config=config)
     assert {name: e.task for name, e in endpoints.items() if e.source == str(config)} == {
-        "chat": "chat", "embed": "embeddings", "llama": "chat"}
+        "chat": "chat", "embed": "embeddings", "llama": "chat", "cheap": "chat"}
+    assert endpoints["cheap"].batch is True and endpoints["cheap"].batch_poll_interval == 30
     assert endpoints["llama"].provider == "databricks" and endpoints["chat"].model_parameters == {"temperature": 0.0}
 
 
