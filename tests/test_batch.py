@@ -133,14 +133,17 @@ def test_batch_true_per_call_and_where_there_is_no_batch_api(batch_endpoints, ba
         aiquery.connect(endpoints={"db": {"provider": "databricks", "model": "m", "batch": True}})
 
 
-def test_embeddings_in_batch_mode(batch_endpoints, batch_server, engine):
-    with aiquery.connect(endpoints=batch_endpoints, engine=engine) as con:
-        batched = con.sql("SELECT ai_query('embed', 'text ' || i) FROM range(5) t(i)").fetchall()
-    with aiquery.connect(endpoints={**batch_endpoints, "embed": {**batch_endpoints["embed"], "batch": False}},
-                         engine=engine, cache=False) as con:
-        online = con.sql("SELECT ai_query('embed', 'text ' || i) FROM range(5) t(i)").fetchall()
-    assert batched == online and len(batched[0][0]) == 8
-    assert batch_server.created[0].endpoint == "/v1/embeddings" and len(batch_server.created[0].lines) == 5
+@pytest.mark.parametrize("task, path", [("embeddings", "/v1/embeddings"), ("completions", "/v1/completions")])
+def test_embeddings_and_completions_in_batch_mode(task, path, batch_endpoints, batch_server, engine):
+    endpoint = {**batch_endpoints["embed"], "task": task, "model": f"fake-{task}"}
+    with aiquery.connect(endpoints={"e": endpoint}, engine=engine) as con:
+        batched = con.sql("SELECT ai_query('e', 'text ' || i) FROM range(5) t(i) ORDER BY i").fetchall()
+    with aiquery.connect(endpoints={"e": {**endpoint, "batch": False}}, engine=engine, cache=False) as con:
+        online = con.sql("SELECT ai_query('e', 'text ' || i) FROM range(5) t(i) ORDER BY i").fetchall()
+    assert batched == online  # the same answers either way; online, embedding texts share a request
+    assert len(batch_server.online_requests()) == (1 if task == "embeddings" else 5)
+    assert batch_server.created[0].endpoint == path and len(batch_server.created[0].lines) == 5
+    assert len(batched[0][0]) == 8 if task == "embeddings" else batched[0][0] == "completion: text 0"
 
 
 def test_rows_are_split_into_files_within_the_limits(batch_endpoints, batch_server, engine):
