@@ -7,7 +7,7 @@
 
 from ._config import Endpoint
 from ._engine import Engine
-from ._errors import (AIQueryError, ArgumentError, CacheWarning, ConfigError, HTTPStatusError, OutputError, QueryInterrupted,
+from ._errors import (AIQueryError, ArgumentError, BatchError, CacheWarning, ConfigError, HTTPStatusError, OutputError, QueryInterrupted,
                       RequestError, ResponseError, TransportError, UnknownEndpointError)
 from ._estimate import estimate
 from ._readahead import explain
@@ -17,7 +17,7 @@ from ._transport import AiohttpTransport, HttpxTransport
 __version__ = "0.1.0"
 
 __all__ = [
-    "AIQueryError", "AiohttpTransport", "ArgumentError", "CacheWarning", "ConfigError", "Endpoint", "Engine", "HTTPStatusError",
+    "AIQueryError", "AiohttpTransport", "ArgumentError", "BatchError", "CacheWarning", "ConfigError", "Endpoint", "Engine", "HTTPStatusError",
     "HttpxTransport", "OutputError", "QueryInterrupted", "RequestError", "ResponseError", "TransportError", "UnknownEndpointError",
     "connect", "estimate", "explain", "register",
 ]

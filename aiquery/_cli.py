@@ -9,6 +9,8 @@
     aiquery cache                                # the response cache: answers and hits per endpoint
     aiquery cache clear [--endpoint NAME] [--older-than 7d]
     aiquery cache repair                         # a damaged cache rebuilt with the answers it can still read
+    aiquery batches                              # batch mode: pending batches, their progress and cost so far
+    aiquery batches cancel ID                    # cancel one at its provider (rows done so far stay answered)
 
 A progress line shows on a terminal while a statement runs (--progress / --no-progress to choose).
 Each statement runs once: a result is kept in a temporary table and printed or written from
@@ -18,15 +20,18 @@ there (DuckDB re-runs a relation every time it is shown or fetched, and a model 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import sys
+import time
 import warnings
 from pathlib import Path
 
 import duckdb
 
+from ._batch import TERMINAL, BatchStore, batch_cost, refresh, store_path
 from ._cache import default_path, open_cache, rebuild
-from ._config import OPENAI_BASE_URL, load_endpoints
+from ._config import OPENAI_BASE_URL, load_endpoints, read_prices
 from ._errors import AIQueryError, CacheWarning, ConfigError
 from ._engine import Engine
 from ._estimate import estimate
@@ -103,11 +108,11 @@ def _estimate(args: argparse.Namespace) -> int:
     if not estimates:
         print("no ai_query call would send a request")
         return 0
-    table = [("endpoint", "model", "rows", "distinct", "cached", "requests", "prompt tokens", "completion tokens",
-              "cost (USD)", "time")]
+    table = [("endpoint", "model", "rows", "distinct", "cached", "requests", "batched", "prompt tokens",
+              "cached tokens", "completion tokens", "cost (USD)", "time")]
     for e in estimates:
         table.append((e.endpoint, e.model or "", f"{e.rows:,}", f"{e.distinct_requests:,}", f"{e.cache_hits:,}",
-                      f"{e.requests_to_send:,}", f"{e.prompt_tokens:,}",
+                      f"{e.requests_to_send:,}", f"{e.batched:,}", f"{e.prompt_tokens:,}", f"{e.cached_tokens:,}",
                       "?" if e.completion_tokens is None else f"{e.completion_tokens:,}",
                       "?" if e.cost_usd is None else f"{e.cost_usd:,.4f}", f"{e.seconds:,.0f} s"))
     widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
@@ -195,6 +200,56 @@ def _cache(args: argparse.Namespace) -> int:
     return 0
 
 
+def _batches(args: argparse.Namespace) -> int:
+    store = BatchStore(store_path(Path(args.path).expanduser() if args.path else None))
+    try:
+        rows = store.rows()
+        endpoints = load_endpoints(config=args.config)
+        if args.action == "cancel":
+            if args.id is None:
+                raise SystemExit("aiquery batches cancel: give the batch id (see aiquery batches)")
+            row = store.get(args.id)
+            if row is None or row["batch_id"] is None:
+                raise SystemExit(f"aiquery batches cancel: no submitted batch {args.id!r} in {store.path}")
+            notes = asyncio.run(refresh(store, [row], endpoints, cancel=True))
+            if notes:
+                print(*notes, sep="\n", file=sys.stderr)
+                return 1
+            print(f"cancelling {row['batch_id']}: rows done so far stay answered; "
+                  "run the statement again to send the others")
+            return 0
+        shown = rows if args.all else [row for row in rows if not row["collected"]]
+        notes = asyncio.run(refresh(store, [r for r in shown if not r["collected"] and r["batch_id"]], endpoints))
+        shown = [store.get(row["id"]) for row in shown]
+        if not shown:
+            print(f"no pending batches in {store.path}" + ("" if args.all else " (--all lists finished ones too)"))
+            return 0
+        prices = read_prices(args.config)
+        table = [("batch", "endpoint", "model", "status", "done", "failed", "tokens", "cost so far (USD)", "age")]
+        for r in shown:
+            cost = batch_cost(r, price_of(r["model"], prices))
+            table.append((r["batch_id"] or f"(not created: {r['id'][:8]})", r["endpoint"], r["model"] or "",
+                          r["status"] + ("" if r["collected"] or r["status"] in TERMINAL else " (pending)"),
+                          f"{r['completed'] + r['failed']:,}/{r['requests']:,}", f"{r['failed']:,}",
+                          f"{r['prompt_tokens'] + r['completion_tokens']:,}",
+                          "?" if cost is None else f"{cost:,.4f}", _duration(time.time() - r["created"])))
+        widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
+        for row in table:
+            print("  ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip())
+        for note in notes:
+            print(note)
+        return 0
+    finally:
+        store.close()
+
+
+def _duration(seconds: float) -> str:
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds / size:.0f}{unit}"
+    return f"{seconds:.0f}s"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="aiquery", description="Databricks-style ai_query() for DuckDB.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -231,6 +286,15 @@ def main(argv: list[str] | None = None) -> int:
     caching.add_argument("--path", help="the cache file (default: responses.sqlite3 in $AIQUERY_CACHE_DIR "
                                         "or the user cache directory)")
     caching.set_defaults(handler=_cache)
+    batching = commands.add_parser("batches", help="batch mode: pending batches, their progress and cost so far; "
+                                                   "or cancel one")
+    batching.add_argument("action", nargs="?", choices=("list", "cancel"), default="list")
+    batching.add_argument("id", nargs="?", help="the batch to cancel (its id as listed)")
+    batching.add_argument("--all", action="store_true", help="list finished batches too")
+    batching.add_argument("--config", help="endpoint settings (default: ./aiquery.toml or $AIQUERY_CONFIG)")
+    batching.add_argument("--path", help="the response cache file the batches belong to (default: "
+                                         "responses.sqlite3 in $AIQUERY_CACHE_DIR or the user cache directory)")
+    batching.set_defaults(handler=_batches)
     args = parser.parse_args(argv)
     try:
         return args.handler(args)

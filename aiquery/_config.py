@@ -35,6 +35,16 @@ DEFAULT_EMBEDDING_BATCH_SIZE = 64  # inputs per embeddings request
 DEFAULT_MAX_ATTEMPTS = 6           # first try included
 DEFAULT_MAX_RETRY_TIME = 300.0     # seconds, from the first failure of one request
 DEFAULT_LOOKAHEAD = 8192           # rows a query may have in flight or answered ahead of DuckDB
+# Batch mode (aiquery/_batch.py): OpenAI's limits per batch file, and how often a batch is polled.
+DEFAULT_BATCH_MAX_REQUESTS = 50_000
+DEFAULT_BATCH_MAX_BYTES = 200_000_000
+DEFAULT_BATCH_POLL_INTERVAL = 30.0  # seconds between status checks of a running batch
+DEFAULT_BATCH_WINDOW = "24h"        # the completion window asked for
+BATCH_GATHER = 0.5                  # seconds without new rows after which the rows gathered are submitted
+BATCH_LOOKAHEAD = 50_000            # rows a batch-mode query reads ahead of DuckDB (one file's worth)
+# Prefix-aware dispatch and prompt_cache_key look at this much of a prompt's start (about 256
+# tokens): shorter prompts gain little from a provider's prefix cache (OpenAI's starts at 1,024 tokens).
+PREFIX_CHARS = 1024
 CONFIG_FILE_NAME = "aiquery.toml"
 BUILT_IN = "built-in"
 # Endpoints every connection has unless settings use these names: models shipped in packages, run
@@ -76,6 +86,14 @@ class Endpoint:
     lookahead: int = DEFAULT_LOOKAHEAD   # 0 turns reading ahead of DuckDB off
     cache: bool = True               # keep answers in the response cache (off e.g. for sampling at temperature > 0)
     normalize: bool = False          # embeddings: scale each vector to unit length
+    batch: bool = False              # send through the provider's batch API (half price, answers within 24 h)
+    batch_max_requests: int = DEFAULT_BATCH_MAX_REQUESTS  # requests per batch file
+    batch_max_bytes: int = DEFAULT_BATCH_MAX_BYTES        # bytes per batch file
+    batch_poll_interval: float = DEFAULT_BATCH_POLL_INTERVAL
+    batch_completion_window: str = DEFAULT_BATCH_WINDOW
+    batch_max_wait: float | None = None  # seconds a query waits for its batch; then it fails, the batch runs on
+    prompt_cache_key: bool = False   # send OpenAI's prompt_cache_key, a digest of the prompt's first part
+    prefix_dispatch: bool = True     # send requests that share a prompt prefix one after another
     budget_tokens: int | None = None     # tokens this endpoint may use in this process; then rows fail
     budget_usd: float | None = None      # the same in estimated USD (needs a price for the model)
     query_budget_tokens: int | None = None  # the same for each query
@@ -91,7 +109,7 @@ class Endpoint:
             raise ConfigError(f"{where}: task {self.task!r} is not one of {', '.join(TASKS)}")
         if self.provider not in PROVIDERS:
             raise ConfigError(f"{where}: provider {self.provider!r} is not one of {', '.join(PROVIDERS)}")
-        for setting in ("max_concurrency", "batch_size", "max_attempts"):
+        for setting in ("max_concurrency", "batch_size", "max_attempts", "batch_max_requests", "batch_max_bytes"):
             value = getattr(self, setting)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ConfigError(f"{where}: {setting} must be a positive integer, got {value!r}")
@@ -105,15 +123,23 @@ class Endpoint:
             value = getattr(self, setting)
             if value is not None and (not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0):
                 raise ConfigError(f"{where}: {setting} must be a number of US dollars or unset, got {value!r}")
-        for setting in ("timeout", "max_retry_time"):
+        for setting in ("timeout", "max_retry_time", "batch_poll_interval", "batch_max_wait"):
             value = getattr(self, setting)
+            if value is None and setting == "batch_max_wait":
+                continue
             if not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0:
                 raise ConfigError(f"{where}: {setting} must be a positive number of seconds, got {value!r}")
-        for setting in ("cache", "normalize"):
+        for setting in ("cache", "normalize", "batch", "prompt_cache_key", "prefix_dispatch"):
             if not isinstance(getattr(self, setting), bool):
                 raise ConfigError(f"{where}: {setting} must be true or false, got {getattr(self, setting)!r}")
         if self.normalize and self.task != "embeddings":
             raise ConfigError(f"{where}: normalize applies to embeddings endpoints only")
+        if self.batch and self.provider != "openai":
+            raise ConfigError(f"{where}: batch = true needs an OpenAI-compatible provider (its /files and "
+                              f"/batches API); provider {self.provider!r} has no batch API")
+        if not isinstance(self.batch_completion_window, str) or not self.batch_completion_window:
+            raise ConfigError(f"{where}: batch_completion_window must be a string like '24h', "
+                              f"got {self.batch_completion_window!r}")
         if not isinstance(self.model_parameters, Mapping):
             raise ConfigError(f"{where}: model_parameters must be a table/dict, got {self.model_parameters!r}")
         tools = [name for name in ("tools", "tool_choice") if name in self.model_parameters]
@@ -212,19 +238,26 @@ def read_allowed_hosts(path: str | os.PathLike | None = None) -> list[str] | Non
     return patterns
 
 
+_PRICE_FIELDS = ("input", "output", "cached_input", "batch")
+
+
 def read_prices(path: str | os.PathLike | None = None) -> dict[str, Price]:
-    """`[prices."MODEL"]` tables (input = ..., output = ...: USD per million tokens) of the config file."""
+    """`[prices."MODEL"]` tables of the config file: input =, output =, cached_input = (USD per
+    million tokens) and batch = (the batch API's multiplier, 0.5 for half price)."""
     path = path if path is not None else default_config_path()
     if path is None:
         return {}
     tables = _read_toml(path).get("prices", {})
     prices = {}
     for model, table in tables.items() if isinstance(tables, dict) else ():
-        if not (isinstance(table, dict) and set(table) <= {"input", "output"} and all(
-                isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0 for v in table.values())):
-            raise ConfigError(f"config file {str(path)!r}: [prices.{model!r}] takes input = and output = "
-                              f"(USD per million tokens), got {table!r}")
-        prices[model] = Price(table.get("input", 0.0), table.get("output", 0.0))
+        if not (isinstance(table, dict) and set(table) <= set(_PRICE_FIELDS) and all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0 for v in table.values())
+                and table.get("batch", 1.0) <= 1.0):
+            raise ConfigError(f"config file {str(path)!r}: [prices.{model!r}] takes input =, output =, "
+                              "cached_input = (USD per million tokens) and batch = (a multiplier from 0 to 1, "
+                              f"0.5 for half price), got {table!r}")
+        prices[model] = Price(table.get("input", 0.0), table.get("output", 0.0), table.get("cached_input"),
+                              table.get("batch", 1.0))
     return prices
 
 

@@ -32,7 +32,8 @@ from typing import Any
 import orjson
 
 from . import _wire
-from ._config import Endpoint
+from ._config import PREFIX_CHARS, Endpoint
+from ._batch import BatchDispatcher
 from ._cache import ResponseCache
 from ._errors import AIQueryError, BudgetExceeded, HTTPStatusError, QueryInterrupted, ResponseError
 from ._limits import EndpointLimits, estimate_tokens
@@ -60,14 +61,16 @@ class Call:
     `payload` is the body as sent (encoded here, on DuckDB's or the prefetcher's thread, not on
     the engine's busy loop); `key` is what identical requests share, here and in the response
     cache: provider, URL, headers (the key among them, see Target.identity), payload and text,
-    hashed. `cache` is where its answer is kept, if anywhere."""
+    hashed. `cache` is where its answer is kept, if anywhere.
+    `batch`: sent through the provider's batch API (aiquery/_batch.py) instead of on its own."""
 
-    __slots__ = ("endpoint", "target", "body", "text", "payload", "key", "cache", "price")
+    __slots__ = ("endpoint", "target", "body", "text", "payload", "key", "cache", "price", "batch")
 
     def __init__(self, endpoint: Endpoint, target: Target, body: dict[str, Any], text: str | None = None,
                  cache: ResponseCache | None = None):
         self.endpoint, self.target, self.body, self.text, self.cache = endpoint, target, body, text, cache
         self.price: Price | None = None
+        self.batch = False
         self.payload = orjson.dumps(body, option=orjson.OPT_SORT_KEYS)
         digest = hashlib.blake2b(f"{endpoint.provider}\0{target.url}\0".encode(), digest_size=16)
         digest.update(target.identity)
@@ -262,10 +265,11 @@ class Engine:
         self._entries: dict[bytes, _Entry] = {}
         self._queries: dict[tuple, Query] = {}
         self._seen: collections.deque = collections.deque(maxlen=4096)  # identities already read ahead
+        self._batches = BatchDispatcher(self)  # batch mode: calls sent through provider batch APIs
         # On close(), when the engine goes away, or at exit: stop reading ahead, close the HTTP
         # session, stop the thread. The finalizer holds no reference to the engine itself.
         self._finalizer = weakref.finalize(self, _shutdown, self._queries, self._loop_thread,
-                                           (self._transport, self._local))
+                                           (self._transport, self._local, self._batches))
         self._queries_lock = threading.RLock()  # the SIGINT handler takes it on whatever thread it interrupts
         self._token_sources: dict[tuple, Any] = {}  # credentials identity -> its TokenSource (aiquery/_auth.py)
         self._token_lock = threading.Lock()
@@ -559,8 +563,9 @@ class Engine:
         loop = asyncio.get_running_loop()
         texts: dict[tuple, tuple[Call, dict[str, str]]] = {}
         touched = {}
+        batched = []
         cached = self._cached([call for call in calls if call.cache is not None and call.key not in self._entries])
-        for call in calls:
+        for call in _by_prefix(calls):
             key = call.key
             if key in self._entries:
                 continue
@@ -570,7 +575,9 @@ class Engine:
                 for usage in self._usages(self._runtime(call.endpoint, call.target, call.price), query):
                     usage.cache_hits += 1
                 continue
-            if call.text is None:
+            if call.batch:
+                batched.append(call)
+            elif call.text is None:
                 touched[id(self._queue(_Work({key: None}, call, query)))] = call
             else:
                 group = (call.target.url, call.payload)
@@ -581,6 +588,33 @@ class Engine:
                 touched[id(self._queue(_Work(dict(items[start:start + call.endpoint.batch_size]), call, query)))] = call
         for call in {id(c.target): c for c in touched.values()}.values():
             self._pump(self._runtime(call.endpoint, call.target, call.price))
+        if batched:
+            self._batches.add(batched, query)
+
+    # What the batch dispatcher (aiquery/_batch.py) asks of the engine, on the loop.
+    def _needs(self, key: bytes) -> bool:
+        """Whether a batch or a prefetcher still waits for the answer to `key`."""
+        return key in self._entries
+
+    def _usages_for(self, call: Call, query: Query | None) -> list[Usage]:
+        return self._usages(self._runtime(call.endpoint, call.target, call.price), query)
+
+    def _over_budget_for(self, call: Call, query: Query | None) -> BudgetExceeded | None:
+        rt = self._runtime(call.endpoint, call.target, call.price)
+        return _over_budget(rt, self._usages(rt, query))
+
+    def _answer_keys(self, outcomes: dict[bytes, Any]) -> None:
+        """Hands entries their answers or errors, by key."""
+        for key, outcome in outcomes.items():
+            entry = self._entries.get(key)
+            if entry is None or entry.future.done():
+                continue
+            if isinstance(outcome, BaseException):
+                entry.future.set_exception(outcome)
+                entry.future.exception()  # read by the batches waiting now; a row read ahead may never be
+            else:
+                entry.future.set_result(outcome)
+            self._maybe_drop(key, entry)
 
     @staticmethod
     def _usages(rt: _Runtime, query: Query | None) -> list[Usage]:
@@ -745,6 +779,20 @@ class Engine:
 
 async def _call(function: Callable[[], Any]) -> Any:
     return function()
+
+
+def _by_prefix(calls: Sequence[Call]) -> Sequence[Call]:
+    """Prefix-aware dispatch: of the calls of endpoints with prefix_dispatch on, those whose prompt
+    is longer than PREFIX_CHARS are grouped by that much of its start, each group where its first
+    call was, in row order within it: requests that share a long prefix go out one after another,
+    so a provider's prefix cache can serve them. Shorter prompts keep their places."""
+    groups: dict[Any, list[Call]] = {}
+    for i, call in enumerate(calls):
+        text = _wire.prompt_text(call.body) if call.endpoint.prefix_dispatch else ""
+        groups.setdefault((id(call.target), text[:PREFIX_CHARS]) if len(text) > PREFIX_CHARS else i, []).append(call)
+    if len(groups) == len(calls):
+        return calls
+    return [call for group in groups.values() for call in group]
 
 
 def _check_dimension(rt: _Runtime, vectors: list[list[float]]) -> None:

@@ -7,7 +7,8 @@
      ├── RequestError             a request to an endpoint failed; carries .endpoint and .status
      │    ├── HTTPStatusError       the endpoint answered with a non-2xx status
      │    ├── TransportError        no answer: connection refused or reset, timeout
-     │    └── ResponseError         a 2xx answer that is not what the wire format promises
+     │    ├── ResponseError         a 2xx answer that is not what the wire format promises
+     │    └── BatchError            a provider's batch failed, expired, was cancelled or is still running
      ├── OutputError              the model's answer does not fit responseFormat / returnType
      ├── QueryInterrupted         Ctrl-C or con.interrupt() stopped the query
      └── BudgetExceeded           a token or cost budget was reached; no more requests are sent
@@ -68,6 +69,15 @@ class TransportError(RequestError):
 
 class ResponseError(RequestError):
     """The endpoint answered 2xx with a body that does not follow its wire format."""
+
+
+class BatchError(RequestError):
+    """A batch (batch mode) failed, expired or was cancelled at the provider, or is still running
+    past batch_max_wait; `batch_id` is the provider's id of it."""
+
+    def __init__(self, message: str, *, endpoint: str, batch_id: str | None = None, status: int | None = None):
+        super().__init__(message, endpoint=endpoint, status=status)
+        self.batch_id = batch_id
 
 
 class QueryInterrupted(AIQueryError):

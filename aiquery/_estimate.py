@@ -10,6 +10,10 @@ already holds, prompt tokens, cost and time:
 * Completion tokens are the endpoint's average so far in this process when it has answered
   before, else `max_tokens` when the call sets it, else unknown (NULL, and the cost covers the
   prompt only, as `cost_covers` says).
+* Cached prompt tokens (read from the provider's prompt cache, at the cached_input price) are the
+  share the endpoint reported cached so far in this process, else none.
+* Rows in batch mode (`batched`) cost the price's batch multiplier times the online price, and
+  take up to the batch's completion window: time covers the online requests only.
 * Time is requests to send over throughput: `max_concurrency` requests per latency (the endpoint's
   median so far, else an assumed ASSUMED_LATENCY), capped by requests_per_minute and
   tokens_per_minute.
@@ -43,7 +47,9 @@ class EndpointEstimate:
     distinct_requests: int = 0
     cache_hits: int = 0
     requests_to_send: int = 0      # HTTP requests: embedding texts are batched
+    batched: int = 0               # of the requests to send, those going through the batch API
     prompt_tokens: int = 0         # of the requests to send
+    cached_tokens: int = 0         # of prompt_tokens, those expected from the provider's prompt cache
     token_count: str = ""          # how prompt_tokens were counted
     completion_tokens: int | None = None
     cost_usd: float | None = None
@@ -101,11 +107,18 @@ def report(estimator: Estimator, engine: Any, prices: dict[str, Price]) -> list[
             est.requests_to_send = len(to_send)
         counter = token_counter(endpoint.model) if endpoint.provider == "local" else None
         est.token_count = f"{endpoint.model} tokenizer" if counter else f"approximate: {CHARS_PER_TOKEN} characters per token"
+        batch_prompt = 0
         for c in to_send:
             text, overhead = _prompt_text(c)
-            est.prompt_tokens += overhead + (counter(text) if counter else math.ceil(len(text) / CHARS_PER_TOKEN))
+            tokens = overhead + (counter(text) if counter else math.ceil(len(text) / CHARS_PER_TOKEN))
+            est.prompt_tokens += tokens
+            if c.batch:
+                est.batched += 1
+                batch_prompt += tokens
         usage = observed.get(name)
         answered = usage.answered if usage else 0
+        cached_share = usage.cached_tokens / usage.prompt_tokens if usage and usage.prompt_tokens else 0.0
+        est.cached_tokens = round(est.prompt_tokens * cached_share)
         if endpoint.task == "embeddings":
             est.completion_tokens = 0
         elif answered and usage.completion_tokens:
@@ -114,7 +127,9 @@ def report(estimator: Estimator, engine: Any, prices: dict[str, Price]) -> list[
             est.completion_tokens = sum(c.body.get("max_tokens") or 0 for c in to_send)
         price = price_of(endpoint.model, prices)
         if price is not None:
-            est.cost_usd = (est.prompt_tokens * price.input + (est.completion_tokens or 0) * price.output) / 1e6
+            cost = price.tokens_cost(est.prompt_tokens, est.cached_tokens, est.completion_tokens or 0)
+            batch_share = batch_prompt / est.prompt_tokens if est.prompt_tokens else 0.0
+            est.cost_usd = cost * (1 - batch_share) + cost * batch_share * price.batch
             est.cost_covers = "prompt and completion" if est.completion_tokens is not None else "prompt tokens only"
         latencies = list(usage.latencies) if usage else []
         latency = statistics.median(latencies) if latencies else ASSUMED_LATENCY
@@ -125,7 +140,9 @@ def report(estimator: Estimator, engine: Any, prices: dict[str, Price]) -> list[
             per_second = min(per_second, endpoint.requests_per_minute / 60)
         if endpoint.tokens_per_minute and est.requests_to_send and est.prompt_tokens:
             per_second = min(per_second, endpoint.tokens_per_minute / 60 / (est.prompt_tokens / est.requests_to_send))
-        est.seconds = est.requests_to_send / per_second
+        est.seconds = (est.requests_to_send - est.batched) / per_second
+        if est.batched:
+            est.time_basis += f"; {est.batched:,} batched rows take up to {endpoint.batch_completion_window} more"
         out.append(est)
     return out
 

@@ -1,4 +1,5 @@
-"""Progress while a query runs: answers, rate, requests, retries, errors, tokens and cost so far.
+"""Progress while a query runs: answers, rate, requests, retries, errors, tokens (cached ones among
+them), rows answered through a batch API, and cost so far.
 
 tqdm draws it (a text line in a terminal; in Jupyter a widget when ipywidgets is installed, else a
 text line), only after the query has run for a second, and only where someone is watching: a
@@ -40,6 +41,7 @@ def totals(usages: Iterable[tuple[Usage, Price | None]]) -> dict[str, float | No
             "requests": sum(u.requests for u, _ in usages), "retries": sum(u.retries for u, _ in usages),
             "errors": sum(u.errors for u, _ in usages),
             "tokens": sum(u.prompt_tokens + u.completion_tokens for u, _ in usages),
+            "cached_tokens": sum(u.cached_tokens for u, _ in usages), "batched": sum(u.batched for u, _ in usages),
             "cost": None if any(c is None for c in costs) else sum(costs)}
 
 
@@ -61,8 +63,11 @@ class Progress:
                  for k, v in now.items()}
         self._bar.update(delta["answers"] - self._bar.n)
         cost = "" if delta["cost"] is None else f" cost=${delta['cost']:.4f}"
+        cached = f" cached={delta['cached_tokens']}" if delta["cached_tokens"] else ""
+        batched = f" batched={delta['batched']}" if delta["batched"] else ""
         self._bar.set_postfix_str(f"requests={delta['requests']} retries={delta['retries']} "
-                                  f"errors={delta['errors']} tokens={delta['tokens']}{cost}", refresh=False)
+                                  f"errors={delta['errors']} tokens={delta['tokens']}{cached}{batched}{cost}",
+                                  refresh=False)
 
     def _run(self) -> None:
         while not self._stop.wait(REFRESH):

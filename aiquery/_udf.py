@@ -9,6 +9,7 @@ send them, and check each answer against the requested type.
 from __future__ import annotations
 
 import difflib
+import hashlib
 import json
 import math
 import threading
@@ -22,7 +23,7 @@ import pyarrow as pa
 
 from . import _process, _wire
 from ._cache import ResponseCache, open_cache
-from ._config import Endpoint
+from ._config import BATCH_LOOKAHEAD, PREFIX_CHARS, Endpoint
 from ._engine import Call, Engine, Query
 from ._errors import AIQueryError, ArgumentError, ConfigError, OutputError, UnknownEndpointError
 from ._planner import Plan, plan
@@ -50,6 +51,7 @@ class Options:
     normalize: bool | None = None           # normalize => true/false (embeddings); None: the endpoint's setting
     tools: bool = False                     # modelParameters is a STRUCT with `tools`: answers are
                                             # STRUCT(content, tool_calls) (aiquery/sql/options.sql)
+    batch: bool | None = None               # batch => true/false; None: the endpoint's setting
 
 
 def read_options(text: str) -> Options:
@@ -79,8 +81,11 @@ def read_options(text: str) -> Options:
     if "tools" in params and not tools:
         raise ArgumentError("modelParameters: tools need modelParameters to be a struct like {'tools': [...]}, "
                             "not a map: DuckDB types the answer as STRUCT(content, tool_calls) from the struct's fields")
+    batch = raw.get("batch")
+    if batch is not None and not isinstance(batch, bool):
+        raise ArgumentError(f"batch must be true or false, got {batch!r}")
     return Options(params, fail_on_error, response_format, output_type, expects_json, cache, details, normalize,
-                   tools)
+                   tools, batch)
 
 
 def _response_format(value: Any) -> tuple[dict | None, SqlType | None, bool]:
@@ -144,7 +149,16 @@ def _call(endpoint: Endpoint, target: Target, request: Any, options: Options, pa
             raise ArgumentError(f"request for endpoint {endpoint.name!r} (embeddings) must be a string to embed, "
                             f"got {type(request).__name__}")
         return Call(endpoint, target, params, text=request)
+    if endpoint.prompt_cache_key and endpoint.task != "custom" and "prompt_cache_key" not in body:
+        body["prompt_cache_key"] = _prompt_cache_key(body)
     return Call(endpoint, target, body)
+
+
+def _prompt_cache_key(body: dict[str, Any]) -> str:
+    """OpenAI's prompt_cache_key: the same for requests whose prompts start with the same
+    PREFIX_CHARS characters, so the provider routes them to the machine that has that prefix cached."""
+    text = _wire.prompt_text(body)[:PREFIX_CHARS]
+    return "aiquery-" + hashlib.blake2b(text.encode(), digest_size=8).hexdigest()
 
 
 def _allowed(schema: Any) -> list | None:
@@ -251,7 +265,9 @@ def _row(value: Any, outcome: _wire.Answer | AIQueryError, options: Options) -> 
             "prompt_tokens": usage.get("prompt_tokens"), "completion_tokens": usage.get("completion_tokens"),
             "total_tokens": usage.get("total_tokens"), "finish_reason": None if failed else outcome.finish_reason,
             "attempts": getattr(outcome, "attempts", None), "cached": None if failed else outcome.cached,
-            "status": getattr(outcome, "status", None) if failed else None}
+            "status": getattr(outcome, "status", None) if failed else None,
+            "cached_tokens": usage.get("cached_tokens"),
+            "batch_id": getattr(outcome, "batch_id", None)}
     return row
 
 
@@ -324,6 +340,11 @@ class Registration:
             params = self._params[(name, options)] = {**model, **endpoint.model_parameters, **opts.params}
         call = _call(endpoint, target, orjson.loads(request), opts, params, image)
         call.price = price_of(endpoint.model, self.prices)
+        call.batch = opts.batch if opts.batch is not None else endpoint.batch
+        if call.batch and (endpoint.provider != "openai" or endpoint.task == "custom"):
+            raise ArgumentError(f"batch => true: endpoint {endpoint.name!r} ({endpoint.provider}, {endpoint.task}) "
+                                "has no batch API; batch mode needs an OpenAI-compatible chat, completions or "
+                                "embeddings endpoint")
         if opts.cache if opts.cache is not None else endpoint.cache:
             call.cache = self.cache
         return endpoint, opts, call
@@ -447,8 +468,11 @@ def make_udf(registration: Registration):
         failed_options: dict[int, Options] = {}
         query, answers = None, []
         if calls:
+            lookahead = rows[0][1].lookahead  # batch mode reads ahead one batch file's worth of rows
+            if lookahead and any(call.batch for call in calls):
+                lookahead = max(lookahead, min(BATCH_LOOKAHEAD, rows[0][1].batch_max_requests))
             query = registration.start_query(contexts[0].as_py(), statements[0].as_py(), txids[0].as_py(),
-                                             rows[0][1].lookahead)
+                                             lookahead)
             if query.prefetcher is not None:
                 query.prefetcher.observe([call.key for call in calls])
             with query.udf_call():

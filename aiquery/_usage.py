@@ -5,9 +5,15 @@ engine, and one per endpoint for each query (kept for the last QUERY_HISTORY que
 them through `aiquery_usage()` and `aiquery_query_usage()` (aiquery/sql/usage.sql).
 
 Cost is tokens times a price in USD per million tokens, from `[prices."MODEL"]` tables in the
-config file (input = ..., output = ...) over the built-in PRICES below. Prices change: the built-in
-ones are list prices noted in November 2026, for estimates only; a model with no price has a
-NULL cost, never a made-up one.
+config file (input = ..., output = ..., cached_input = ..., batch = ...) over the built-in PRICES
+below. Prices change: the built-in ones are list prices noted in November 2026, for estimates
+only; a model with no price has a NULL cost, never a made-up one.
+
+    cost = ((prompt - cached) * input + cached * cached_input + completion * output) / 1e6
+
+with cached_input = input when the price has none (no discount is assumed), and the tokens of
+rows answered through a provider's batch API (aiquery/_batch.py) times `batch` (0.5 for the
+providers whose prices are built in; 1.0, no discount, when a config price does not say).
 """
 
 from __future__ import annotations
@@ -27,15 +33,21 @@ QUERY_HISTORY = 100       # finished queries whose usage stays readable
 class Price:
     input: float   # USD per million prompt tokens
     output: float  # USD per million completion tokens
+    cached_input: float | None = None  # USD per million prompt tokens read from the provider's prompt cache
+    batch: float = 1.0  # multiplier for requests sent through the provider's batch API
+
+    def tokens_cost(self, prompt: int, cached: int, completion: int) -> float:
+        cached_rate = self.input if self.cached_input is None else self.cached_input
+        return ((prompt - cached) * self.input + cached * cached_rate + completion * self.output) / 1e6
 
 
-PRICES: dict[str, Price] = {
-    "gpt-4o-mini": Price(0.15, 0.60),
-    "gpt-4o": Price(2.50, 10.00),
-    "gpt-4.1-mini": Price(0.40, 1.60),
-    "gpt-4.1-nano": Price(0.10, 0.40),
-    "text-embedding-3-small": Price(0.02, 0.0),
-    "text-embedding-3-large": Price(0.13, 0.0),
+PRICES: dict[str, Price] = {  # OpenAI's list prices, its batch API at half of them
+    "gpt-4o-mini": Price(0.15, 0.60, cached_input=0.075, batch=0.5),
+    "gpt-4o": Price(2.50, 10.00, cached_input=1.25, batch=0.5),
+    "gpt-4.1-mini": Price(0.40, 1.60, cached_input=0.10, batch=0.5),
+    "gpt-4.1-nano": Price(0.10, 0.40, cached_input=0.025, batch=0.5),
+    "text-embedding-3-small": Price(0.02, 0.0, batch=0.5),
+    "text-embedding-3-large": Price(0.13, 0.0, batch=0.5),
     # the built-in models run here: they cost nothing but time
     "smollm2-135m-instruct": Price(0.0, 0.0),
     "all-minilm-l6-v2": Price(0.0, 0.0),
@@ -67,15 +79,31 @@ class Usage:
     throttled: int = 0          # 429 answers
     errors: int = 0             # inputs that ended with an error, after retries
     error_kinds: collections.Counter = field(default_factory=collections.Counter)
-    prompt_tokens: int = 0      # as the endpoint reported them in `usage`
+    prompt_tokens: int = 0      # as the endpoint reported them in `usage`, cached ones included
     completion_tokens: int = 0
+    cached_tokens: int = 0      # prompt tokens the provider read from its prompt cache
+    batched: int = 0            # inputs answered through the provider's batch API
+    batch_prompt_tokens: int = 0  # the batched inputs' share of the three token counts
+    batch_cached_tokens: int = 0
+    batch_completion_tokens: int = 0
     latencies: collections.deque = field(default_factory=lambda: collections.deque(maxlen=LATENCY_SAMPLES))
 
-    def answer(self, inputs: int, usage: dict[str, int], seconds: float) -> None:
+    def answer(self, inputs: int, usage: dict[str, int], seconds: float | None, batch: bool = False) -> None:
+        """Counts `inputs` answered with `usage`; `seconds` is the request's latency (None for a
+        batch, whose rows have none of their own)."""
         self.answered += inputs
-        self.prompt_tokens += usage.get("prompt_tokens") or 0
-        self.completion_tokens += usage.get("completion_tokens") or 0
-        self.latencies.append(seconds)
+        prompt, completion = usage.get("prompt_tokens") or 0, usage.get("completion_tokens") or 0
+        cached = usage.get("cached_tokens") or 0
+        self.prompt_tokens += prompt
+        self.completion_tokens += completion
+        self.cached_tokens += cached
+        if batch:
+            self.batched += inputs
+            self.batch_prompt_tokens += prompt
+            self.batch_cached_tokens += cached
+            self.batch_completion_tokens += completion
+        if seconds is not None:
+            self.latencies.append(seconds)
 
     def fail(self, inputs: int, exc: BaseException) -> None:
         self.errors += inputs
@@ -84,7 +112,11 @@ class Usage:
     def cost(self, price: Price | None) -> float | None:
         if price is None:
             return None
-        return (self.prompt_tokens * price.input + self.completion_tokens * price.output) / 1e6
+        online = price.tokens_cost(self.prompt_tokens - self.batch_prompt_tokens,
+                                   self.cached_tokens - self.batch_cached_tokens,
+                                   self.completion_tokens - self.batch_completion_tokens)
+        batch = price.tokens_cost(self.batch_prompt_tokens, self.batch_cached_tokens, self.batch_completion_tokens)
+        return online + batch * price.batch
 
     def row(self, price: Price | None) -> dict[str, Any]:
         """The figures as SQL shows them."""
@@ -99,8 +131,8 @@ class Usage:
                 "cache_not_stored": self.cache_not_stored, "retries": self.retries, "throttled": self.throttled,
                 "errors": self.errors,
                 "error_kinds": dict(self.error_kinds), "prompt_tokens": self.prompt_tokens,
-                "completion_tokens": self.completion_tokens,
-                "total_tokens": self.prompt_tokens + self.completion_tokens,
+                "completion_tokens": self.completion_tokens, "cached_tokens": self.cached_tokens,
+                "total_tokens": self.prompt_tokens + self.completion_tokens, "batched": self.batched,
                 "latency_p50_ms": percentile(0.5), "latency_p95_ms": percentile(0.95),
                 "latency_p99_ms": percentile(0.99), "cost_usd": self.cost(price)}
 

@@ -50,6 +50,7 @@ class Answer:
     finish_reason: str | None = None
     attempts: int = 1      # requests it took (0: from the response cache)
     cached: bool = False
+    batch_id: str | None = None  # the provider's batch that answered it (batch mode), in this run
 
 
 def check_model_parameters(params: Any) -> dict[str, Any]:
@@ -194,6 +195,16 @@ def custom_body(request: Any, params: dict[str, Any]) -> dict[str, Any]:
     return {"dataframe_records": [dict(request)], **params}
 
 
+def prompt_text(body: Mapping[str, Any]) -> str:
+    """The text a provider's prefix cache matches from its start: a chat body's message texts in
+    order (other content parts as JSON), a completions body's prompt; '' for other bodies."""
+    if "messages" in body:
+        return "\0".join(m["content"] if isinstance(m.get("content"), str) else
+                          orjson.dumps(m.get("content")).decode() for m in body["messages"])
+    prompt = body.get("prompt")
+    return prompt if isinstance(prompt, str) else ""
+
+
 def _load(payload: bytes, endpoint: str) -> Any:
     if not payload.strip():
         raise ResponseError(f"endpoint {endpoint!r} answered 200 with an empty body", endpoint=endpoint,
@@ -210,11 +221,51 @@ def _missing(endpoint: str, what: str, data: Any) -> ResponseError:
                          endpoint=endpoint, status=200)
 
 
+def _int(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
+
+
 def _usage(data: Mapping) -> dict[str, int]:
+    """The answer's token counts: prompt_tokens (cached ones included), completion_tokens,
+    total_tokens and cached_tokens, whichever way the provider spells them:
+    - OpenAI, llama.cpp, vLLM, Gemini: usage.prompt_tokens_details.cached_tokens (Responses API:
+      usage.input_tokens_details.cached_tokens);
+    - Anthropic: usage.cache_read_input_tokens, with input_tokens counting only the uncached
+      rest (cache_creation_input_tokens are written to the cache: prompt tokens, not cached ones);
+    - DeepSeek: usage.prompt_cache_hit_tokens;
+    - llama.cpp without the usage field: timings.cache_n (with timings.prompt_n the uncached rest).
+    Other integer fields of `usage` are kept as they are."""
     usage = data.get("usage")
+    timings = data.get("timings")
     if not isinstance(usage, Mapping):
-        return {}
-    return {k: v for k, v in usage.items() if isinstance(v, int) and not isinstance(v, bool)}
+        usage = {}
+    out = {k: v for k, v in usage.items() if _int(v) is not None}
+    details = usage.get("prompt_tokens_details") or usage.get("input_tokens_details")
+    cached = _int(details.get("cached_tokens")) if isinstance(details, Mapping) else None
+    if cached is None:
+        cached = _int(usage.get("cache_read_input_tokens"))
+    if cached is None:
+        cached = _int(usage.get("prompt_cache_hit_tokens"))
+    if cached is None and isinstance(timings, Mapping):
+        cached = _int(timings.get("cache_n"))
+    if "prompt_tokens" not in out:
+        if "input_tokens" in out:  # Anthropic counts cached and cache-written tokens apart from input_tokens
+            anthropic = "cache_read_input_tokens" in usage or "cache_creation_input_tokens" in usage
+            extra = (out.get("cache_read_input_tokens", 0) + out.get("cache_creation_input_tokens", 0)
+                     if anthropic else 0)
+            out["prompt_tokens"] = out["input_tokens"] + extra
+        elif isinstance(timings, Mapping) and _int(timings.get("prompt_n")) is not None:
+            out["prompt_tokens"] = timings["prompt_n"] + (cached or 0)
+    if "completion_tokens" not in out:
+        if "output_tokens" in out:
+            out["completion_tokens"] = out["output_tokens"]
+        elif isinstance(timings, Mapping) and _int(timings.get("predicted_n")) is not None:
+            out["completion_tokens"] = timings["predicted_n"]
+    if "total_tokens" not in out and ("prompt_tokens" in out or "completion_tokens" in out):
+        out["total_tokens"] = out.get("prompt_tokens", 0) + out.get("completion_tokens", 0)
+    if cached is not None:
+        out["cached_tokens"] = min(cached, out.get("prompt_tokens", cached))
+    return out
 
 
 def _content_text(content: Any) -> str | None:

@@ -18,7 +18,7 @@ atexit.register(shutil.rmtree, os.environ["AIQUERY_CACHE_DIR"], ignore_errors=Tr
 
 import aiquery  # noqa: E402
 from aiquery import _cache  # noqa: E402
-from fakeserver import FakeServer  # noqa: E402
+from fakebatch import FakeBatchServer  # noqa: E402
 
 CANARY_KEY = "sk-canary-7f3a9c1e5b"  # must never show up in anything a user can see
 
@@ -34,7 +34,8 @@ def cache_dir(tmp_path_factory, monkeypatch):
 
 @pytest.fixture
 def server():
-    with FakeServer(api_key=CANARY_KEY) as s:
+    """tests/fakeserver.py's server, with the batch API of tests/fakebatch.py beside its routes."""
+    with FakeBatchServer(api_key=CANARY_KEY) as s:
         yield s
 
 
@@ -45,7 +46,8 @@ def endpoints(server, monkeypatch, tmp_path):
     monkeypatch.setenv("DATABRICKS_HOST", server.url)
     monkeypatch.setenv("DATABRICKS_TOKEN", CANARY_KEY)
     monkeypatch.setenv("DATABRICKS_CONFIG_FILE", str(tmp_path / "no-databrickscfg"))
-    openai = {"provider": "openai", "base_url": server.openai_base, "api_key_env": "FAKE_KEY"}
+    openai = {"provider": "openai", "base_url": server.openai_base, "api_key_env": "FAKE_KEY",
+              "batch_poll_interval": 0.05}  # batch => true: the fake's batches move on per poll
     return {
         "chat": {**openai, "task": "chat", "model": "fake-chat"},
         "completions": {**openai, "task": "completions", "model": "fake-completions"},

@@ -53,6 +53,7 @@ string value of the first record (custom models). Syntax [[name]], [[name=value]
     [[reasoning]]               chat content becomes [reasoning block, text block]
     [[finish=length]]           finish_reason
     [[tokens=P,C]]              usage numbers (embeddings: prompt_tokens=P)
+    [[cached=N]]                usage.prompt_tokens_details.cached_tokens = N (chat, completions)
     [[malformed]]               200 with a truncated JSON body
     [[nofields]]                200 with only {"object": ...} (no choices / data); custom models: {}
     [[empty]]                   200 with an empty body
@@ -70,6 +71,12 @@ string value of the first record (custom models). Syntax [[name]], [[name=value]
   body, when the request arrives (before its latency), so a retry sent while a slow first
   arrival still sleeps is already the second arrival. Without times the fault is permanent.
   Each record's `fault` names the directive that shaped its answer (None for a normal answer).
+
+Prefix cache: FakeServer(prefix_cache=N, prefill_per_token=S) models a provider's prompt cache, as
+llama.cpp's slots or OpenAI's prefix cache do: it remembers the last N prompts (chat: the messages'
+texts in order; completions: the prompt), a request's cached tokens are the words it shares from
+the start with the closest of them, and each word not cached adds S seconds before the answer.
+Usage then reports prompt_tokens_details.cached_tokens.
 
 Run in the foreground for benchmarks:
     python tests/fakeserver.py --port 8099 [--latency 0.1] [--max-concurrency 50] [--api-key K]
@@ -365,9 +372,13 @@ class FakeServer:
         host: str = "127.0.0.1",
         port: int = 0,
         oauth: FakeOAuth | None = None,
+        prefix_cache: int = 0,
+        prefill_per_token: float = 0.0,
     ):
         self.api_key = api_key
         self.oauth = oauth
+        self.prefix_cache = prefix_cache
+        self.prefill_per_token = prefill_per_token
         self.latency = latency
         self.max_concurrency = max_concurrency
         self.retry_after = retry_after
@@ -457,6 +468,7 @@ class FakeServer:
             self._requests: list[Received] = []
             self._peak = 0
             self._failures: dict[tuple[str, str], int] = {}  # (directive, body hash) -> arrivals counted
+            self._prompts: list[list[str]] = []  # the prefix cache's prompts, most recent last
             self._ids = itertools.count(1)
 
     def bodies(self, path_suffix: str | None = None) -> list[dict]:
@@ -605,6 +617,11 @@ class FakeServer:
             raise BadRequest(f"bad directive: [[sleep={directives['sleep']}]]") from None
         record.fault = next(iter(faults), None)  # FAULTS order: the one that decides the answer
         delay = (self.latency(body) if callable(self.latency) else self.latency) + extra
+        if self.prefix_cache and task in ("chat", "completions"):
+            prompt = self._prompt_words(task, body)
+            cached = self._cache_prompt(prompt)
+            directives.setdefault("cached", str(cached))
+            delay += self.prefill_per_token * (len(prompt) - cached)
         if delay > 0:
             await asyncio.sleep(delay)
 
@@ -681,6 +698,31 @@ class FakeServer:
         predictions = FakeServer._predictions(body)
         return strings_in(predictions[0]) if predictions else []
 
+    @staticmethod
+    def _prompt_words(task: str, body: dict) -> list[str]:
+        if task == "chat":
+            return [w for m in body.get("messages") or [] for w in message_parts(m.get("content"))[0].split()]
+        return " ".join(str(p) for p in as_list(body.get("prompt", ""))).split()
+
+    def _cache_prompt(self, prompt: list[str]) -> int:
+        """The words of `prompt` the prefix cache holds (its longest shared start with a remembered
+        prompt); remembers it, evicting the least recently used beyond `prefix_cache` prompts."""
+        with self._lock:
+            best, best_at = 0, None
+            for at, known in enumerate(self._prompts):
+                shared = 0
+                for a, b in zip(known, prompt):
+                    if a != b:
+                        break
+                    shared += 1
+                if shared > best:
+                    best, best_at = shared, at
+            if best_at is not None and best == len(self._prompts[best_at]):
+                del self._prompts[best_at]  # a prompt that extends a remembered one replaces it
+            self._prompts.append(prompt)
+            del self._prompts[:-self.prefix_cache]
+        return best
+
     # ---- answers
 
     def _usage(self, prompt: int, completion: int, directives: dict) -> dict:
@@ -689,7 +731,13 @@ class FakeServer:
                 prompt, completion = (int(n) for n in (directives["tokens"] + ",0").split(",")[:2])
             except ValueError:
                 raise BadRequest(f"bad directive: [[tokens={directives['tokens']}]]") from None
-        return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+        usage = {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+        if directives.get("cached") is not None:
+            try:
+                usage["prompt_tokens_details"] = {"cached_tokens": min(int(directives["cached"]), prompt)}
+            except ValueError:
+                raise BadRequest(f"bad directive: [[cached={directives['cached']}]]") from None
+        return usage
 
     def _chat(self, body: dict, model: str, directives: dict) -> dict:
         prompt_words, text, images = 0, "", []

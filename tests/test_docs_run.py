@@ -60,14 +60,17 @@ def test_readme_settings_example_is_valid(tmp_path):
     from aiquery._usage import Price
 
     readme = (ROOT / "README.md").read_text()
-    blocks = re.findall(r"```toml\n(.*?)```", readme, flags=re.S)
+    blocks = re.findall(r"```toml
+(.*?)```", readme, flags=re.S)
     block, prices = blocks[0], next(b for b in blocks if "[prices." in b)
+    batch = next(b for b in blocks if "batch = true" in b)
     config = tmp_path / "aiquery.toml"
-    config.write_text(block + "\n" + prices)
-    assert read_prices(config) == {"gpt-4o-mini": Price(0.15, 0.60)}
+    config.write_text(block + "\n" + batch + "\n" + prices)
+    assert read_prices(config) == {"gpt-4o-mini": Price(0.15, 0.60, cached_input=0.075, batch=0.5)}
     endpoints = load_endpoints(config=config)
     assert {name: e.task for name, e in endpoints.items() if e.source == str(config)} == {
-        "chat": "chat", "embed": "embeddings", "llama": "chat"}
+        "chat": "chat", "embed": "embeddings", "llama": "chat", "cheap": "chat"}
+    assert endpoints["cheap"].batch is True and endpoints["cheap"].batch_poll_interval == 30
     assert endpoints["llama"].provider == "databricks" and endpoints["chat"].model_parameters == {"temperature": 0.0}
 
 

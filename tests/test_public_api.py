@@ -5,7 +5,7 @@ import aiquery
 
 def test_public_names():
     assert sorted(aiquery.__all__) == sorted([
-        "AIQueryError", "AiohttpTransport", "ArgumentError", "CacheWarning", "ConfigError", "Endpoint", "Engine", "HTTPStatusError",
+        "AIQueryError", "AiohttpTransport", "ArgumentError", "BatchError", "CacheWarning", "ConfigError", "Endpoint", "Engine", "HTTPStatusError",
         "HttpxTransport", "OutputError", "QueryInterrupted", "RequestError", "ResponseError", "TransportError", "UnknownEndpointError",
         "connect", "estimate", "explain", "register",
     ])

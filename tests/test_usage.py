@@ -62,7 +62,7 @@ def test_a_builtin_price_and_a_bad_price_table(endpoints, server, engine, tmp_pa
         assert usage_row(con)["cost_usd"] == pytest.approx(0.15 + 0.60)
     config = tmp_path / "bad.toml"
     config.write_text('[prices."m"]\ninput = "cheap"\n')
-    with pytest.raises(aiquery.ConfigError, match=r"\[prices.'m'\] takes input = and output ="):
+    with pytest.raises(aiquery.ConfigError, match=r"\[prices.'m'\] takes input =, output =, cached_input ="):
         aiquery.connect(endpoints=endpoints, config=config)
 
 
@@ -119,12 +119,13 @@ def test_an_endpoint_usd_budget(endpoints, server, engine, tmp_path):
 
 def test_details_carry_usage_finish_reason_attempts_and_cache(con, server):
     query = ("SELECT p, ai_query('chat', p, failOnError => false, details => true) AS r FROM (VALUES "
-             "('ok [[tokens=10,3]] [[finish=length]]'), ('bad [[status=400]]'), ('flaky [[status=503 times=1]]')) t(p) "
+             "('ok [[tokens=10,3]] [[cached=4]] [[finish=length]]'), ('bad [[status=400]]'), "
+             "('flaky [[status=503 times=1]]')) t(p) "
              "ORDER BY p")
     first = {p.split()[0]: r["details"] for p, r in con.sql(query).fetchall()}
     ok, bad, flaky = first["ok"], first["bad"], first["flaky"]
     assert ok == {"prompt_tokens": 10, "completion_tokens": 3, "total_tokens": 13, "finish_reason": "length",
-                  "attempts": 1, "cached": False, "status": None}
+                  "attempts": 1, "cached": False, "status": None, "cached_tokens": 4, "batch_id": None}
     assert bad["status"] == 400 and bad["attempts"] == 1 and bad["prompt_tokens"] is None
     assert flaky["attempts"] == 2 and flaky["cached"] is False
     again = {p.split()[0]: r["details"] for p, r in con.sql(query).fetchall()}

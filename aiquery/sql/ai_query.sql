@@ -1,5 +1,5 @@
 -- ai_query(endpoint, request [, modelParameters, failOnError, responseFormat, returnType, files, cache, details,
---                              normalize])
+--                              normalize, batch])
 --
 -- The Python UDF $INVOKE_UDF answers JSON text; json_transform_strict turns it into the
 -- column's type. DuckDB must know that type at bind time, so it is computed here, from the
@@ -32,18 +32,19 @@ CASE WHEN failOnError THEN __aiquery_answer_type(endpoint, modelParameters, resp
           || ', errorMessage VARCHAR'
           || CASE WHEN details THEN ', details STRUCT(prompt_tokens BIGINT, completion_tokens BIGINT, '
                                     || 'total_tokens BIGINT, finish_reason VARCHAR, attempts INTEGER, '
-                                    || 'cached BOOLEAN, status INTEGER)' ELSE '' END
+                                    || 'cached BOOLEAN, status INTEGER, cached_tokens BIGINT, batch_id VARCHAR)'
+                   ELSE '' END
           || ')' END;
 
 CREATE OR REPLACE TEMP MACRO ai_query(endpoint, request, modelParameters := NULL, failOnError := true,
                                       responseFormat := NULL, returnType := NULL, files := NULL,
-                                      cache := NULL, details := false, normalize := NULL) AS
+                                      cache := NULL, details := false, normalize := NULL, batch := NULL) AS
 json_transform_strict(
     -- $CONTEXT (the connection or cursor), txid_current() and current_query() tell the UDF which
     -- query a batch belongs to (for reading ahead, and to stop its requests when it ends).
     $INVOKE_UDF(endpoint, to_json(request),
                 __aiquery_options(modelParameters, failOnError, responseFormat, returnType, cache, details,
-                                  normalize),
+                                  normalize, batch),
                 files, current_query(), txid_current(), $CONTEXT),
     -- nullif(endpoint, endpoint) adds nothing: it only makes DuckDB check this macro at its first use,
     -- when the arguments are known constants, instead of at CREATE time.

@@ -16,7 +16,7 @@ regexp_matches(__aiquery_flatten4(__aiquery_flatten4(__aiquery_flatten4(__aiquer
                '(^|, )"?tools"? ');
 
 CREATE OR REPLACE TEMP MACRO __aiquery_options(modelParameters, failOnError, responseFormat, returnType, cache,
-                                               details, normalize) AS
+                                               details, normalize, batch) AS
 to_json({'modelParameters': modelParameters, 'failOnError': failOnError,
          'responseFormat': responseFormat, 'returnType': returnType, 'cache': cache, 'details': details,
-         'normalize': normalize, 'tools': __aiquery_has_tools(modelParameters)});
+         'normalize': normalize, 'tools': __aiquery_has_tools(modelParameters), 'batch': batch});

@@ -3,7 +3,8 @@
 -- the real query will ask for.
 CREATE OR REPLACE TEMP MACRO ai_query(endpoint, request, modelParameters := NULL, failOnError := true,
                                       responseFormat := NULL, returnType := NULL, files := NULL,
-                                      cache := NULL, details := false, normalize := NULL) AS
+                                      cache := NULL, details := false, normalize := NULL, batch := NULL) AS
 {'endpoint': endpoint, 'request': to_json(request),
- 'options': __aiquery_options(modelParameters, failOnError, responseFormat, returnType, cache, details, normalize),
+ 'options': __aiquery_options(modelParameters, failOnError, responseFormat, returnType, cache, details, normalize,
+                              batch),
  'files': files};

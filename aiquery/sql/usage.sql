@@ -7,7 +7,8 @@ CREATE OR REPLACE TEMP MACRO __aiquery_usage_columns() AS
 '{"requests": "BIGINT", "answered": "BIGINT", "cache_hits": "BIGINT", "cache_not_stored": "BIGINT",
   "retries": "BIGINT",
   "throttled": "BIGINT", "errors": "BIGINT", "error_kinds": "MAP(VARCHAR, BIGINT)",
-  "prompt_tokens": "BIGINT", "completion_tokens": "BIGINT", "total_tokens": "BIGINT",
+  "prompt_tokens": "BIGINT", "completion_tokens": "BIGINT", "cached_tokens": "BIGINT", "total_tokens": "BIGINT",
+  "batched": "BIGINT",
   "latency_p50_ms": "DOUBLE", "latency_p95_ms": "DOUBLE", "latency_p99_ms": "DOUBLE", "cost_usd": "DOUBLE"}';
 
 CREATE OR REPLACE TEMP MACRO aiquery_usage() AS TABLE
