@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import sys
 import time
 import warnings
@@ -33,10 +32,9 @@ from ._batch import TERMINAL, BatchStore, batch_cost, refresh, store_path
 from ._cache import default_path, open_cache, rebuild
 from ._config import OPENAI_BASE_URL, load_endpoints, read_prices
 from ._errors import AIQueryError, CacheWarning, ConfigError
-from ._engine import Engine
 from ._estimate import estimate
 from ._readahead import explain
-from ._progress import Progress, interactive, totals
+from ._progress import interactive
 from ._registration import connect, registration_of
 from ._types import sql_string
 from ._usage import price_of
@@ -58,22 +56,20 @@ def _run(args: argparse.Namespace) -> int:
         output_format = _FORMATS.get(Path(args.output).suffix.lower())
         if output_format is None:
             raise SystemExit(f"aiquery run: --output must end in {', '.join(_FORMATS)}, got {args.output!r}")
-    con = connect(args.db, config=args.config, progress=False)  # the CLI shows one line per statement
-    show_progress = interactive() if args.progress is None else args.progress
-    prices = registration_of(con).prices
-    figures = lambda: totals((u, price_of(m, prices)) for _, m, u in Engine.shared().usage())  # noqa: E731
+    # A progress line per query that calls a model (aiquery/_progress.py).
+    con = connect(args.db, config=args.config, progress=interactive() if args.progress is None else args.progress)
     try:
         statements = duckdb.extract_statements(sql)
         if not statements:
             raise SystemExit("aiquery run: no SQL statement given")
         has_result = False
         for statement in statements:
-            with Progress(figures) if show_progress else contextlib.nullcontext():
-                if statement.type == duckdb.StatementType.SELECT:
-                    con.execute(f"CREATE OR REPLACE TEMP TABLE {RESULT_TABLE} AS {statement.query}")
-                    has_result = True
-                else:
-                    con.execute(statement.query)
+            if statement.type == duckdb.StatementType.SELECT:
+                con.execute(f"CREATE OR REPLACE TEMP TABLE {RESULT_TABLE} AS {statement.query}")
+                has_result = True
+            else:
+                con.execute(statement.query)
+            registration_of(con).settle_displays()  # its progress line is closed before anything is printed
             if statement.type == duckdb.StatementType.SELECT and not output_format:
                 print(con.table(RESULT_TABLE))
         if not has_result:

@@ -129,7 +129,12 @@ class Query:
     # batch of it is in the engine only *pauses* what was read ahead for it (nothing more is sent
     # until its next batch arrives); the query ends if it stays so for the engine's idle_end.
     running: Callable[[], bool] | None = None
+    progress: Callable[[], float] | None = None  # DuckDB's estimate of how far the query is, 0 to 1 (or < 0)
+    rows_seen: int = 0      # rows DuckDB has handed to ai_query so far
+    rows_done: int = 0      # rows whose answer (or error) DuckDB has got back
+    deduplicated: int = 0   # of them, rows whose request was a repeat of another row's in this query
     paused: bool = False
+    seen_running: bool = False  # DuckDB's progress has shown it running at least once
     parked: list = field(default_factory=list)  # (runtime, work) read ahead and not sent while paused
     # The prefetcher touches DuckDB only while a UDF call of this query runs, and a UDF call does
     # not return while the prefetcher is inside DuckDB: the query cannot end (and the user cannot
@@ -304,6 +309,7 @@ class Engine:
             ended = [q for q in self._queries.values() if q.identity[0] == identity[0]]
             query = self._queries[identity] = Query(identity, window, next(self._query_numbers))
             query.running = running
+            query.seen_running = running is not None and running()  # a batch of it is in DuckDB right now
             first = identity not in self._seen
             self._seen.append(identity)
             # Until the caller has planned (or given up) reading ahead, batches that other DuckDB
@@ -365,11 +371,18 @@ class Engine:
 
     def cancel(self, which: Callable[[tuple], bool]) -> None:
         """Cancels and ends the running queries whose identity `which` accepts (aiquery/_process.py)."""
-        with self._queries_lock:
-            chosen = [query for identity, query in list(self._queries.items()) if which(identity)]
-        for query in chosen:
+        for query in self._chosen(which):
             query.cancelled.set()
             self.end_query(query)
+
+    def finish(self, which: Callable[[tuple], bool]) -> None:
+        """Ends the queries whose identity `which` accepts: DuckDB has finished them."""
+        for query in self._chosen(which):
+            self.end_query(query)
+
+    def _chosen(self, which: Callable[[tuple], bool]) -> list[Query]:
+        with self._queries_lock:
+            return [query for identity, query in list(self._queries.items()) if which(identity)]
 
     def _barrier(self, timeout: float = 5.0) -> None:
         """Returns once the loop has run what other threads handed it before this call."""
@@ -426,11 +439,16 @@ class Engine:
         waiting: dict[bytes, list[int]] = {}
         try:
             keys = [call.key for call in calls]
+            repeats = 0
             for i, key in enumerate(keys):
                 if query is not None and key in query.memo:
                     outcomes[i] = query.memo[key]
+                    repeats += 1
                 else:
+                    repeats += key in waiting
                     waiting.setdefault(key, []).append(i)
+            if query is not None:
+                query.deduplicated += repeats
             self._start([calls[rows[0]] for key, rows in waiting.items() if key not in self._entries], query)
             for key in waiting:
                 self._entries[key].waiters += 1
@@ -525,8 +543,14 @@ class Engine:
             for query in queries:
                 if query.active:
                     continue  # a batch of it is in the engine: DuckDB runs it
-                gone = query.running is None or not query.running()
-                if gone and now - query.last_active > self._idle_end:
+                running = query.running is not None and query.running()
+                query.seen_running = query.seen_running or running
+                gone = not running
+                # Nothing read ahead waits for it, and its read-ahead is not inside DuckDB: a query DuckDB
+                # was seen running and no longer runs is over (if DuckDB only could not measure it,
+                # its next batch starts it again).
+                settled = query.seen_running and not query.holds and not query.prefetch_busy
+                if gone and (settled or now - query.last_active > self._idle_end):
                     self._end_now(query)
                 elif gone != query.paused:
                     query.paused = gone

@@ -12,6 +12,8 @@ Installed once, by the first registration (aiquery.connect / aiquery.register):
 * `execute`, `register` and `unregister` are wrapped to note, on an aiquery context, the parameter
   values a statement runs with and the Python objects registered by name: reading ahead runs a
   second query over the same data on another cursor, which sees neither (aiquery/_planner.py).
+  When `execute` returns with nothing left to fetch, the statement's queries end there and then
+  (otherwise the engine's watch of DuckDB's progress ends them).
 * A SIGINT handler (Ctrl-C in a terminal, "interrupt kernel" in Jupyter) cancels every running
   aiquery query of the process, then hands the signal to the handler it replaced (which raises
   KeyboardInterrupt as usual). Installed from the main thread only, and only over Python's default
@@ -68,14 +70,19 @@ class Context:
         self.interrupted_before: int | None = None
         self.registered: dict[str, Any] = {}  # con.register(name, object) here
         self.parameters: tuple[str, Any] | None = None  # the last statement executed with parameters, and them
-        try:
-            for statement in PROGRESS_SETTINGS:
-                connection.execute(statement)
-            self.tracked = True
-        except duckdb.Error:  # in Jupyter without ipywidgets, DuckDB refuses any progress setting
-            self.tracked = False  # then a query here ends when it has gone idle (Engine idle_end)
+        # Without DuckDB's progress, a query here ends when it has gone idle (Engine idle_end).
+        self.tracked = track_progress(connection)
         for statement in registration.macros(self.number):
             connection.execute(statement)
+
+    def fraction(self) -> float | None:
+        """DuckDB's estimate of how far the query running here is (0 to 1), if it has one."""
+        connection = self._connection()
+        try:
+            value = connection.query_progress() if connection is not None else -1
+        except duckdb.Error:
+            return None
+        return value / 100 if value >= 0 else None
 
     def running(self) -> bool:
         """Whether DuckDB runs a query on this context now (or holds a result it has not finished
@@ -108,9 +115,24 @@ class Context:
             return self.parameters[1]
         return None
 
+    def finished(self) -> None:
+        """Ends the queries of this context now, at the end of their statement."""
+        self.registration.engine.finish(lambda identity: identity[0] == self.number)
+
     def interrupted(self, txid: int) -> bool:
         """Whether the query of transaction `txid` began before the last interrupt() here."""
         return self.interrupted_before is not None and txid < self.interrupted_before
+
+
+def track_progress(connection: duckdb.DuckDBPyConnection) -> bool:
+    """Turns on DuckDB's progress figure for `connection` (see PROGRESS_SETTINGS); False where DuckDB
+    refuses: in Jupyter without ipywidgets it refuses every progress setting of a connection."""
+    try:
+        for statement in PROGRESS_SETTINGS:
+            connection.execute(statement)
+    except duckdb.Error:
+        return False
+    return True
 
 
 def attach(connection: duckdb.DuckDBPyConnection, registration: Any) -> Context:
@@ -154,9 +176,14 @@ def _interrupt(self: duckdb.DuckDBPyConnection) -> None:
 
 def _execute(self: duckdb.DuckDBPyConnection, query: object, parameters: object | None = None):
     context = contexts.get(self)
-    if context is not None:
-        context.parameters = (query, parameters) if parameters is not None and isinstance(query, str) else None
-    return _original["execute"](self, query, parameters)
+    if context is None:
+        return _original["execute"](self, query, parameters)
+    context.parameters = (query, parameters) if parameters is not None and isinstance(query, str) else None
+    try:
+        return _original["execute"](self, query, parameters)
+    finally:
+        if not context.running():  # the statement is over (no result left to fetch): so are its queries
+            context.finished()
 
 
 def _register(self: duckdb.DuckDBPyConnection, view_name: str, python_object: object):

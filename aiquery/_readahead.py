@@ -86,6 +86,30 @@ class Prefetcher(threading.Thread):
         self.evaluates_rejected: bool | None = None if plan.maybe else False
         self._rejected: set[bytes] = set()  # keys of such calls read so far, while undecided
         self._watched = 0                   # DuckDB batches seen since then
+        self.calls_read = 0                 # calls the query surely makes, read so far
+        self.rejected_read = 0              # calls of WHERE sites on rows their other conditions reject
+        self.complete = False               # the read-ahead query has been read to its end
+        self._cursor: duckdb.DuckDBPyConnection | None = None
+
+    def fraction(self) -> float | None:
+        """How far the read-ahead query is through its sources, DuckDB's estimate (0 to 1), if known."""
+        cursor = self._cursor
+        try:
+            value = cursor.query_progress() if cursor is not None else -1
+        except duckdb.Error:
+            return None
+        return value / 100 if value > 0 else None
+
+    def total(self) -> tuple[int | None, bool]:
+        """The calls the query will make and whether that is an estimate; (None, False) if unknown."""
+        read = self.calls_read + (self.rejected_read if self.evaluates_rejected else 0)
+        if self.complete:
+            exact = all(site.read_ahead for site in self._plan.sites) and self.evaluates_rejected is not None
+            return read, not exact
+        fraction = self.fraction()
+        if fraction and read:
+            return max(read, round(read / fraction)), True
+        return None, False
 
     def observe(self, keys: list[bytes]) -> None:
         """Learns from a batch DuckDB hands ai_query whether it evaluates the r... calls too."""
@@ -102,9 +126,11 @@ class Prefetcher(threading.Thread):
 
     def _calls(self, batch) -> list:
         calls = self._to_calls(_rows(batch))
+        self.calls_read += len(calls)
         if self.evaluates_rejected is False:
             return calls
         rejected = self._to_calls(_rows(batch, "r"))
+        self.rejected_read += len(rejected)
         if self.evaluates_rejected:
             return calls + rejected
         if len(self._rejected) < MAX_WATCHED:
@@ -119,7 +145,7 @@ class Prefetcher(threading.Thread):
                     if not ok:
                         return  # the query ended; the connection closes its cursors itself
                     if cursor is None:
-                        cursor = self._open_cursor()
+                        cursor = self._cursor = self._open_cursor()
                         for name, value in self._plan.objects.items():
                             cursor.register(name, value)
                         reader = cursor.sql(self._plan.sql, params=self._plan.parameters).to_arrow_reader(BATCH_ROWS)
@@ -127,8 +153,10 @@ class Prefetcher(threading.Thread):
                 if not self._hold(self._calls(batch)):
                     return
         except StopIteration:
+            self.complete = True
             with self._turn() as ok:
                 if ok:
+                    self._cursor = None
                     cursor.close()
         except Exception as exc:  # reading ahead is an optimisation: the query still runs without it
             log.debug("aiquery: not reading ahead: %s", exc)

@@ -19,7 +19,7 @@ from ._config import (DEFAULT_CHAT_ENDPOINT, DEFAULT_EMBEDDING_ENDPOINT, load_en
 from ._datasets import dataset_path
 from ._engine import Engine
 from ._errors import ArgumentError, ConfigError
-from ._progress import interactive
+from ._progress import interactive, query_status
 from ._types import ddl_to_duckdb_sql, sql_string
 from ._udf import Registration, make_udf
 from ._usage import endpoint_rows, query_rows
@@ -141,7 +141,8 @@ def install(con: duckdb.DuckDBPyConnection, registration: Registration, names: M
     con.create_function(names["$DATASET_UDF"], dataset_path, [sqltypes.VARCHAR], sqltypes.VARCHAR, side_effects=False)
 
     def usage(kind: str) -> str:
-        rows = endpoint_rows(engine, prices) if kind == "endpoints" else query_rows(engine, prices)
+        rows = (endpoint_rows(engine, prices) if kind == "endpoints" else
+                query_rows(engine, prices, lambda query: query_status(query, prices)))
         return orjson.dumps(rows).decode()
 
     con.create_function(names["$USAGE_UDF"], usage, [sqltypes.VARCHAR], sqltypes.VARCHAR, side_effects=True)

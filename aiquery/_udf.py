@@ -30,7 +30,7 @@ from ._planner import Plan, plan
 from ._readahead import Prefetcher
 from ._providers import Target, resolve
 from ._types import SqlType, conform, parse_output, parse_type
-from ._progress import Progress, totals
+from ._progress import Progress, query_status
 from ._usage import Price, price_of
 
 _FORMAT_TYPES = ("text", "json_object", "json_schema")
@@ -305,6 +305,12 @@ class Registration:
         self._prebuilt: dict[tuple, Call] = {}
         self._macros = macros  # rendered once; each connection or cursor fills in its number
         self.function_names: dict[str, str] = {}
+        self.displays: weakref.WeakSet = weakref.WeakSet()  # progress lines of running queries
+
+    def settle_displays(self, timeout: float = 2.0) -> None:
+        """Waits until the progress lines of queries that have ended are closed (before printing after them)."""
+        for display in list(self.displays):
+            display.wait(timeout)
 
     def macros(self, context: int) -> list[str]:
         """The TEMP macros of aiquery's SQL functions for the connection or cursor numbered `context`."""
@@ -382,6 +388,7 @@ class Registration:
 
     def _open_readahead_cursor(self) -> duckdb.DuckDBPyConnection:
         cursor = self._cursor()
+        _process.track_progress(cursor)  # how far it is gives the query's total rows (aiquery/_progress.py)
         for statement in self.readahead_macros:
             cursor.execute(statement)
         return cursor
@@ -415,10 +422,10 @@ class Registration:
                                            place.running if place is not None and place.tracked else None)
         if created and place is not None and place.interrupted(txid):
             self.engine.cancel(lambda identity: identity == query.identity)  # interrupted before its first batch
+        if created and place is not None and place.tracked:
+            query.progress = place.fraction
         if created and self.progress:
-            figures = lambda: totals((u, price_of(model, self.prices))  # noqa: E731
-                                     for (_, model), u in list(query.usage.items()))
-            Progress(figures, done=query.ended.is_set)
+            self.displays.add(Progress(lambda: query_status(query, self.prices), done=query.ended))
         if created and window > 0:
             planned = self.plan(statement, place)
             query.read_ahead = "yes" if planned.reads_ahead else f"no: {planned.refusal}"
@@ -475,6 +482,7 @@ def make_udf(registration: Registration):
                                              lookahead)
             if query.prefetcher is not None:
                 query.prefetcher.observe([call.key for call in calls])
+            query.rows_seen += len(calls)
             with query.udf_call():
                 answers = engine.run(calls, fail_fast=fail_fast, query=query)
         try:
@@ -499,6 +507,8 @@ def make_udf(registration: Registration):
             raise
         for i, exc in failures.items():
             out[i] = orjson.dumps(_row(None, exc, failed_options.get(i) or registration.options(raw_options[i]))).decode()
+        if query is not None:
+            query.rows_done += len(rows)  # the rows of this query's progress (aiquery/_progress.py)
         return pa.array(out, type=pa.string())
 
     return invoke

@@ -148,7 +148,19 @@ def endpoint_rows(engine: Any, prices: dict[str, Price]) -> list[dict[str, Any]]
             for name, model, usage in engine.usage()]
 
 
-def query_rows(engine: Any, prices: dict[str, Price]) -> list[dict[str, Any]]:
-    return [{"query_id": query.number, "statement": query.identity[2], "started": query.started,
-             "finished": query.finished, "read_ahead": query.read_ahead, "endpoint": name, "model": model, **usage.row(price_of(model, prices))}
-            for query, name, model, usage in engine.query_usage()]
+QUERY_STATUS = ("rows_done", "rows_total", "rows_total_estimated", "percent", "seconds_left", "deduplicated")
+
+
+def query_rows(engine: Any, prices: dict[str, Price], status: Any) -> list[dict[str, Any]]:
+    """One row per query and endpoint; `status(query)` gives the query's progress figures
+    (aiquery/_progress.py query_status), the same on each of its rows."""
+    rows, statuses = [], {}
+    for query, name, model, usage in engine.query_usage():
+        if query.number not in statuses:
+            figures = status(query)
+            statuses[query.number] = {**{k: figures[k] for k in QUERY_STATUS},
+                                      "cost_projected_usd": figures["cost_projected"]}
+        rows.append({"query_id": query.number, "statement": query.identity[2], "started": query.started,
+                     "finished": query.finished, "read_ahead": query.read_ahead, "endpoint": name, "model": model,
+                     **usage.row(price_of(model, prices)), **statuses[query.number]})
+    return rows

@@ -60,8 +60,7 @@ def test_readme_settings_example_is_valid(tmp_path):
     from aiquery._usage import Price
 
     readme = (ROOT / "README.md").read_text()
-    blocks = re.findall(r"```toml
-(.*?)```", readme, flags=re.S)
+    blocks = re.findall(r"```toml\n(.*?)```", readme, flags=re.S)
     block, prices = blocks[0], next(b for b in blocks if "[prices." in b)
     batch = next(b for b in blocks if "batch = true" in b)
     config = tmp_path / "aiquery.toml"

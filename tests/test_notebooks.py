@@ -83,3 +83,10 @@ def test_notebook_runs_and_shows_results(path):
         assert first_run["requests"] == "40" and first_run["cache_hits"] == "0"
         assert rerun["requests"] == "0" and rerun["cache_hits"] == "40"  # the re-run: all from the cache
         assert second == [{"cached": "40", "rows": "40"}]
+        # The progress widgets (tqdm's notebook form) in their final state: both runs done, the re-run from the cache.
+        state = notebook.metadata["widgets"]["application/vnd.jupyter.widget-state+json"]["state"].values()
+        texts = [m["state"]["value"].replace("\u2007", " ") for m in state if m["model_name"] == "HTMLModel"]
+        bars = [m["state"] for m in state if m["model_name"] == "FloatProgressModel"]
+        assert sum(" 40/40 " in t and "requests=40 cached=0" in t for t in texts) == 1, texts
+        assert sum(" 40/40 " in t and "requests=0 cached=40" in t for t in texts) == 1, texts
+        assert [b["bar_style"] for b in bars] == ["success", "success"] and all(b["value"] == b["max"] == 40 for b in bars)

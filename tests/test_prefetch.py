@@ -1,6 +1,5 @@
 """Reading ahead of DuckDB: slots stay busy across batches, and nothing is sent that the query does not need."""
 
-import duckdb
 import pytest
 
 import aiquery

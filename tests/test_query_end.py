@@ -173,7 +173,7 @@ def test_a_failing_row_stops_the_other_batches_of_its_query(setup):
     same moment on its other threads stop too, instead of sending the rest of their rows."""
     con, engine, server = setup
     con.execute("SET threads = 4")
-    con.execute(f"CREATE TABLE big AS SELECT i FROM range(200000) r(i)")  # scanned by several threads
+    con.execute("CREATE TABLE big AS SELECT i FROM range(200000) r(i)")  # scanned by several threads
     with pytest.raises(duckdb.Error, match="HTTP 400"):
         con.execute("CREATE TABLE s AS SELECT ai_query('chat', 'row ' || i || CASE WHEN i = 5 THEN "
                     "'[[status=400]]' ELSE '' END) FROM big")

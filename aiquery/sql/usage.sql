@@ -1,6 +1,8 @@
 -- Usage figures as tables: aiquery_usage() per endpoint since the process started,
 -- aiquery_query_usage() per query (the running ones and the last 100) and endpoint: `finished` is
--- NULL while it runs; `read_ahead` is yes, or no with the reason (aiquery/_planner.py).
+-- NULL while it runs; `read_ahead` is yes, or no with the reason (aiquery/_planner.py); rows_done of
+-- rows_total (NULL: not known; rows_total_estimated: DuckDB's estimate), percent, seconds_left and
+-- cost_projected_usd are the figures of the progress line (aiquery/_progress.py).
 -- $USAGE_UDF is a Python UDF (aiquery/_usage.py) answering the rows as JSON.
 
 CREATE OR REPLACE TEMP MACRO __aiquery_usage_columns() AS
@@ -24,6 +26,9 @@ SELECT * REPLACE (make_timestamp((started * 1e6)::BIGINT) AS started,
                   make_timestamp((finished * 1e6)::BIGINT) AS finished)
 FROM (SELECT unnest(json_transform_strict($USAGE_UDF('queries'),
                     '[{"query_id": "BIGINT", "statement": "VARCHAR", "started": "DOUBLE", "finished": "DOUBLE", '
-                    || '"read_ahead": "VARCHAR", "endpoint": "VARCHAR", "model": "VARCHAR", ' || __aiquery_usage_columns()[2:] || ']'),
+                    || '"read_ahead": "VARCHAR", "endpoint": "VARCHAR", "model": "VARCHAR", '
+                    || '"rows_done": "BIGINT", "rows_total": "BIGINT", "rows_total_estimated": "BOOLEAN", '
+                    || '"percent": "DOUBLE", "seconds_left": "DOUBLE", "deduplicated": "BIGINT", '
+                    || '"cost_projected_usd": "DOUBLE", ' || __aiquery_usage_columns()[2:] || ']'),
                     recursive := true))
 ORDER BY query_id, endpoint;
