@@ -460,6 +460,11 @@ class BatchDispatcher:
             if isinstance(exc, HTTPStatusError) and exc.status == 404 and store.get(job.id)["batch_id"]:
                 store.update(job.id, status="missing", collected=1, message=str(exc))  # the provider has no such batch
             self._fail(job, exc)
+        except Exception as exc:  # a defect here must fail the rows, never leave them waiting
+            self._fail(job, BatchError(f"endpoint {endpoint.name!r}: batch {job.id} failed in aiquery "
+                                       f"({type(exc).__name__}: {exc}); its rows were not answered",
+                                       endpoint=endpoint.name, batch_id=job.id))
+            raise
         finally:
             self._forget(job)
 
@@ -501,7 +506,7 @@ class BatchDispatcher:
                 content = await self._retrying(job, client.content, file_id)
                 for line in content.splitlines():
                     if line.strip():
-                        self._read_line(endpoint, batch_id, line, outcomes)
+                        self._read_line(endpoint, batch_id, line, outcomes, job.calls)
         for key in keys:
             if key not in outcomes:
                 outcomes[key] = BatchError(
@@ -531,7 +536,8 @@ class BatchDispatcher:
         engine._answer_keys({key: outcomes[key] for key in job.calls})
 
     @staticmethod
-    def _read_line(endpoint: Endpoint, batch_id: str, line: bytes, outcomes: dict[bytes, Any]) -> None:
+    def _read_line(endpoint: Endpoint, batch_id: str, line: bytes, outcomes: dict[bytes, Any],
+                   calls: dict[bytes, tuple]) -> None:
         try:
             item = orjson.loads(line)
             key = bytes.fromhex(item["custom_id"])
@@ -547,7 +553,8 @@ class BatchDispatcher:
                     answer = _wire.Answer(vectors[0], usage)
                 else:
                     parse = _wire.parse_chat if endpoint.task == "chat" else _wire.parse_completions
-                    answer = parse(body, endpoint.name)
+                    call = calls.get(key)
+                    answer = parse(body, endpoint.name, call[0].body if call is not None else {})
                 answer.batch_id = batch_id
                 outcomes[key] = answer
             except AIQueryError as exc:

@@ -24,6 +24,7 @@ from pathlib import Path
 import baselines
 import report
 import servers
+import shapes
 import workloads
 from clients import isolated, run_aiquery
 from report import Line, Section
@@ -74,12 +75,13 @@ class Sizes:
     adaptive_rows: int
     naive_rows: int      # baseline (b): one blocking request at a time, so only a few hundred
     fault_rows: int
+    shape_rows: int
 
 
 FULL = Sizes(pipeline_rows=20_000, ceiling_rows=20_000, embedding_rows=5_000, adaptive_rows=5_000, naive_rows=300,
-             fault_rows=20_000)
+             fault_rows=20_000, shape_rows=shapes.ROWS)
 QUICK = Sizes(pipeline_rows=2_000, ceiling_rows=5_000, embedding_rows=1_000, adaptive_rows=1_000, naive_rows=16,
-              fault_rows=5_000)
+              fault_rows=5_000, shape_rows=shapes.QUICK_ROWS)
 
 
 @dataclass
@@ -575,6 +577,12 @@ def fault_run_notes(name: str, result: dict, stats: dict, rows: int) -> list[str
     return notes
 
 
+def bench_shapes(ctx: Context) -> Section:
+    """8. Read-ahead on every SQL shape (benchmarks/shapes.py)."""
+    with servers.FakeServerProcess(ROWS_LATENCY) as server:
+        return shapes.bench_shapes(ctx.sizes.shape_rows, server, SLOTS)
+
+
 BENCHMARKS: dict[str, Callable[[Context], Section]] = {
     "pipeline": bench_pipeline,
     "ceiling": bench_ceiling,
@@ -583,6 +591,7 @@ BENCHMARKS: dict[str, Callable[[Context], Section]] = {
     "baselines": bench_baselines,
     "cache": bench_cache,
     "faults": bench_faults,
+    "shapes": bench_shapes,
 }
 
 

@@ -36,14 +36,14 @@ LONG_B = "Instructions B: name the main subject of the review. " + "Say it in on
 ])
 def test_cached_tokens_in_every_providers_spelling(usage, expected):
     body = {"choices": [{"message": {"content": "ok"}, "finish_reason": "stop"}], "usage": usage}
-    answer = _wire.parse_chat(json.dumps(body).encode(), "e")
+    answer = _wire.parse_chat(json.dumps(body).encode(), "e", {})
     assert {k: answer.usage[k] for k in expected} == expected
     assert ("cached_tokens" in answer.usage) == ("cached_tokens" in expected)
 
 
 def test_llama_cpp_timings_without_a_usage_field():
     body = {"choices": [{"message": {"content": "ok"}}], "timings": {"cache_n": 434, "prompt_n": 9, "predicted_n": 4}}
-    assert _wire.parse_chat(json.dumps(body).encode(), "e").usage == {
+    assert _wire.parse_chat(json.dumps(body).encode(), "e", {}).usage == {
         "prompt_tokens": 443, "completion_tokens": 4, "total_tokens": 447, "cached_tokens": 434}
 
 
