@@ -129,7 +129,8 @@ class Query:
     # batch of it is in the engine only *pauses* what was read ahead for it (nothing more is sent
     # until its next batch arrives); the query ends if it stays so for the engine's idle_end.
     running: Callable[[], bool] | None = None
-    progress: Callable[[], float] | None = None  # DuckDB's estimate of how far the query is, 0 to 1 (or < 0)
+    progress: Callable[[], float] | None = None  # DuckDB's estimate of how far the query is, 0 to 1 (or None)
+    source_rows: int | None = None  # rows of the table it scans, when it is not read ahead (aiquery/_planner.py)
     rows_seen: int = 0      # rows DuckDB has handed to ai_query so far
     rows_done: int = 0      # rows whose answer (or error) DuckDB has got back
     deduplicated: int = 0   # of them, rows whose request was a repeat of another row's in this query
@@ -163,18 +164,18 @@ class Query:
             self.held_rows -= n
             self.room.notify_all()
 
-    @contextlib.contextmanager
-    def udf_call(self):
+    def enter(self) -> None:
+        """A call of ai_query for this query begins (Engine.query does it); leave() when it returns."""
         with self.gate:
             self.udf_calls += 1
             self.gate.notify_all()
-        try:
-            yield
-        finally:
-            with self.gate:
-                self.udf_calls -= 1
-                while self.prefetch_busy:
-                    self.gate.wait()
+
+    def leave(self) -> None:
+        """The call returns, once the read-ahead is out of DuckDB (so the query cannot end under it)."""
+        with self.gate:
+            self.udf_calls -= 1
+            while self.prefetch_busy:
+                self.gate.wait()
 
     @contextlib.contextmanager
     def duckdb_turn(self):
@@ -299,17 +300,20 @@ class Engine:
     def query(self, identity: tuple, window: int,
               running: Callable[[], bool] | None = None) -> tuple[Query, bool]:
         """The running query with this identity (connection or cursor number, transaction, text),
-        and whether it may read ahead (only the first time: a query that went quiet and came back
-        must not start again from its first row). `running` tells whether DuckDB still runs it."""
+        entered (Query.enter: the caller calls leave() when its batch returns), and whether it may read
+        ahead (only the first time: a query that went quiet and came back must not start again from
+        its first row). `running` tells whether DuckDB still runs it."""
         with self._queries_lock:
             query = self._queries.get(identity)
             if query is not None:
+                query.enter()
                 return query, False
             # A connection or cursor runs one query at a time: a new one there means the others ended.
             ended = [q for q in self._queries.values() if q.identity[0] == identity[0]]
             query = self._queries[identity] = Query(identity, window, next(self._query_numbers))
             query.running = running
             query.seen_running = running is not None and running()  # a batch of it is in DuckDB right now
+            query.enter()
             first = identity not in self._seen
             self._seen.append(identity)
             # Until the caller has planned (or given up) reading ahead, batches that other DuckDB
@@ -541,8 +545,8 @@ class Engine:
             with self._queries_lock:
                 queries = list(self._queries.values())
             for query in queries:
-                if query.active:
-                    continue  # a batch of it is in the engine: DuckDB runs it
+                if query.active or query.udf_calls:
+                    continue  # a batch of it is in ai_query: DuckDB runs it
                 running = query.running is not None and query.running()
                 query.seen_running = query.seen_running or running
                 gone = not running

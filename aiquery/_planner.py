@@ -77,6 +77,7 @@ class Plan:
     sql: str | None = None
     objects: dict[str, Any] = field(default_factory=dict)
     maybe: bool = False  # it has r... columns (see _plan_node)
+    source_rows: int | None = None  # rows of the one table a statement not read ahead scans (for progress)
     parameters: list | dict | None = None
     sites: list[Site] = field(default_factory=list)
     refusal: str | None = None
@@ -485,6 +486,7 @@ def plan(statement: str, cursor: duckdb.DuckDBPyConnection, sites: frozenset[str
         if result.refusal is None:
             result.refusal = ("none of its calls can be read ahead" if result.sites else
                               "it calls neither ai_query nor a task function")
+        result.source_rows = _source_rows(root, cursor)
         return result
     used = _parameters(prefetch)
     if used:
@@ -515,6 +517,16 @@ def plan(statement: str, cursor: duckdb.DuckDBPyConnection, sites: frozenset[str
                           ":memory:) or a registered DataFrame is read ahead")
         return _none_read(result)
     return result
+
+
+def _source_rows(node: dict, cursor: duckdb.DuckDBPyConnection) -> int | None:
+    """The row count of the one regular table a plain SELECT scans (DuckDB keeps it), else None."""
+    source = node.get("from_table") or {}
+    if node.get("type") != "SELECT_NODE" or source.get("type") != "BASE_TABLE" or source.get("schema_name"):
+        return None
+    found = cursor.execute("SELECT estimated_size FROM duckdb_tables() WHERE table_name = ? AND NOT temporary",
+                           [source["table_name"]]).fetchall()
+    return found[0][0] if len(found) == 1 else None
 
 
 def _parameter(builder: _Builder, name: str) -> dict:

@@ -168,10 +168,10 @@ def _cursor(self: duckdb.DuckDBPyConnection) -> duckdb.DuckDBPyConnection:
 
 
 def _interrupt(self: duckdb.DuckDBPyConnection) -> None:
+    _original["interrupt"](self)  # first, so that DuckDB stops at once; a batch it started is cancelled next
     context = contexts.get(self)
     if context is not None:
         context.interrupt()
-    _original["interrupt"](self)
 
 
 def _execute(self: duckdb.DuckDBPyConnection, query: object, parameters: object | None = None):

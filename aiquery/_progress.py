@@ -5,7 +5,7 @@ The total is known without calling a model wherever it can be:
   of the statement is read ahead: the calls the query will make, counted;
 * estimated (shown with "~") while the read-ahead is on its way, from DuckDB's own estimate of how
   far that query is through its sources, or, for a query that is not read ahead, from DuckDB's
-  estimate of how far the query itself is;
+  estimate of how far the query itself is, else from the row count of the table it scans;
 * unknown otherwise (a source DuckDB cannot measure), and then the line says so and shows no bar.
 
 Time left counts only the rows that need a request: rows answered from the response cache and rows
@@ -71,6 +71,8 @@ def total_rows(query: Any) -> tuple[int | None, bool]:
     fraction = query.progress() if query.progress is not None else None
     if fraction is not None and fraction >= MIN_FRACTION and query.rows_seen:
         return round(query.rows_seen / fraction), True
+    if query.source_rows:  # DuckDB keeps the row count of the table it scans (a WHERE may keep fewer)
+        return query.source_rows, True
     return None, False
 
 

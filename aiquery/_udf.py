@@ -416,28 +416,34 @@ class Registration:
         return result
 
     def start_query(self, context: int, statement: str, txid: int, window: int) -> Query:
-        """The engine's record of this query; starts reading ahead when the query allows it."""
+        """The engine's record of this query, entered (the caller calls query.leave() when its batch
+        returns); starts reading ahead when the query allows it."""
         place = _process.context_by_number(context)
         query, created = self.engine.query((context, txid, statement), window,
                                            place.running if place is not None and place.tracked else None)
-        if created and place is not None and place.interrupted(txid):
-            self.engine.cancel(lambda identity: identity == query.identity)  # interrupted before its first batch
-        if created and place is not None and place.tracked:
-            query.progress = place.fraction
-        if created and self.progress:
-            self.displays.add(Progress(lambda: query_status(query, self.prices), done=query.ended))
-        if created and window > 0:
-            planned = self.plan(statement, place)
-            query.read_ahead = "yes" if planned.reads_ahead else f"no: {planned.refusal}"
-            if not planned.reads_ahead:
-                query.may_read_ahead = False
-            else:
-                hold = lambda calls: self.engine.hold(calls, query)  # noqa: E731
-                query.prefetcher = Prefetcher(planned, self._open_readahead_cursor, self.prefetch_calls, hold,
-                                              query.duckdb_turn)
-                query.prefetcher.start()
-        elif created:
-            query.read_ahead = "no: the endpoint's lookahead setting is 0"
+        try:
+            if created and place is not None and place.interrupted(txid):
+                self.engine.cancel(lambda identity: identity == query.identity)  # interrupted before its first batch
+            if created and place is not None and place.tracked:
+                query.progress = place.fraction
+            if created and self.progress:
+                self.displays.add(Progress(lambda: query_status(query, self.prices), done=query.ended))
+            if created and window > 0:
+                planned = self.plan(statement, place)
+                query.read_ahead = "yes" if planned.reads_ahead else f"no: {planned.refusal}"
+                query.source_rows = planned.source_rows
+                if not planned.reads_ahead:
+                    query.may_read_ahead = False
+                else:
+                    hold = lambda calls: self.engine.hold(calls, query)  # noqa: E731
+                    query.prefetcher = Prefetcher(planned, self._open_readahead_cursor, self.prefetch_calls, hold,
+                                                  query.duckdb_turn)
+                    query.prefetcher.start()
+            elif created:
+                query.read_ahead = "no: the endpoint's lookahead setting is 0"
+        except BaseException:
+            query.leave()
+            raise
         return query
 
 
@@ -480,11 +486,13 @@ def make_udf(registration: Registration):
                 lookahead = max(lookahead, min(BATCH_LOOKAHEAD, rows[0][1].batch_max_requests))
             query = registration.start_query(contexts[0].as_py(), statements[0].as_py(), txids[0].as_py(),
                                              lookahead)
-            if query.prefetcher is not None:
-                query.prefetcher.observe([call.key for call in calls])
-            query.rows_seen += len(calls)
-            with query.udf_call():
+            try:
+                if query.prefetcher is not None:
+                    query.prefetcher.observe([call.key for call in calls])
+                query.rows_seen += len(calls)
                 answers = engine.run(calls, fail_fast=fail_fast, query=query)
+            finally:
+                query.leave()
         try:
             for (i, endpoint, opts), answer in zip(rows, answers):
                 if answer is None:

@@ -16,6 +16,7 @@ Scenarios:
   ai_query on that chunk without looking at its interrupt flag);
 - DuckDB's own error: a division by zero on row 3,000;
 - reader closed: a streamed result read for one batch, then closed;
+- interrupt between reads: `con.interrupt()` while a streamed result waits to be read (5 times);
 - a failing row: row 5 answers HTTP 400 while DuckDB runs 4 threads.
 """
 
@@ -77,6 +78,16 @@ CLIENT = textwrap.dedent("""
         reader.close()
         ends.append(time.monotonic())
         time.sleep(3)
+    elif scenario == "interrupt between reads":
+        con.execute("CREATE TABLE big AS SELECT i FROM range(50000) r(i)")
+        con.execute("SET streaming_buffer_size = '1KB'")
+        for trial in range(5):
+            reader = con.sql(f"SELECT ai_query('chat', 'paused {trial} ' || i) AS a FROM big").to_arrow_reader(100)
+            reader.read_next_batch()
+            con.interrupt()  # while the reader waits: no batch of the query is inside ai_query
+            ends.append(time.monotonic())
+            time.sleep(3)
+            reader.close()
     elif scenario == "a failing row":
         con.execute("SET threads = 4")
         con.execute("CREATE TABLE big AS SELECT i FROM range(200000) r(i)")
@@ -86,7 +97,7 @@ CLIENT = textwrap.dedent("""
     print(json.dumps(ends), flush=True)
 """)
 SCENARIOS = ["interrupt between batches", "interrupt before the first batch", "DuckDB's own error", "reader closed",
-             "a failing row"]
+             "interrupt between reads", "a failing row"]
 LATE = 0.05  # seconds after the statement returned: what arrives later was sent after it
 QUIET = 3.0  # seconds each client waits after a statement returned, before the next one
 
