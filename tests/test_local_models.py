@@ -178,4 +178,4 @@ def test_the_readme_demo_command_prints_results_and_accuracy(tmp_path):
     assert result.returncode == 0, result.stderr
     assert "accuracy" in result.stdout and "│     100 │" in result.stdout
     assert "nearest_review" in result.stdout and "nearest_neighbour_accuracy" in result.stdout
-    assert "100 answers" in result.stderr and "requests=100" in result.stderr  # the progress line
+    assert "100/100 [" in result.stderr and "requests=100 " in result.stderr  # the progress line

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 import duckdb
 import pytest
 
@@ -135,20 +133,21 @@ def test_details_carry_usage_finish_reason_attempts_and_cache(con, server):
 
 
 def test_progress_shows_while_a_query_runs_only_when_asked(endpoints, capfd, monkeypatch):
+    from aiquery._registration import registration_of
+
     monkeypatch.delenv("AIQUERY_PROGRESS", raising=False)
     slow = {"chat": {**endpoints["chat"], "max_concurrency": 4}}
     query = "SELECT count(ai_query('chat', 'row ' || i || ' [[sleep=0.2]] [[tokens=7,3]]')) FROM range({n}, {m}) t(i)"
     with aiquery.connect(endpoints=slow) as con:  # not a terminal, not a notebook: nothing shown
         con.sql(query.format(n=0, m=40)).fetchall()
-    time.sleep(3)
-    assert "ai_query" not in capfd.readouterr().err
+        assert not list(registration_of(con).displays)
     with aiquery.connect(endpoints=slow, progress=True) as con:
         con.sql(query.format(n=40, m=80)).fetchall()
-    time.sleep(3)  # the display closes once the query is over (2 s after its last batch)
+        registration_of(con).settle_displays()  # the line is closed once the query is over
     err = capfd.readouterr().err
-    assert "ai_query: 40 answers" in err and "requests=40 retries=0 errors=0 tokens=400" in err
+    assert "ai_query: 100%|" in err and "40/40 [" in err and "requests=40 " in err and "tokens=400" in err
     monkeypatch.setenv("AIQUERY_PROGRESS", "0")
     with aiquery.connect(endpoints=slow) as con:
         con.sql(query.format(n=80, m=120)).fetchall()
-    time.sleep(3)
+        assert not list(registration_of(con).displays)
     assert "ai_query" not in capfd.readouterr().err
