@@ -1,0 +1,3 @@
+class Cascades:
+    def __init__(self, manyrow):
+        self.manyrow = manyrow
