@@ -58,6 +58,8 @@ BUILTIN_ENDPOINTS = {
                           "max_concurrency": 2, "timeout": 600.0, "lookahead": 64},
     "local-embed": {"task": "embeddings", "provider": "local", "model": "all-minilm-l6-v2",
                     "max_concurrency": 2, "batch_size": 32, "timeout": 600.0, "lookahead": 2048},
+    "local-classify": {"task": "chat", "provider": "local", "model": "minilm-zero-shot",
+                       "max_concurrency": 2, "timeout": 600.0, "lookahead": 2048},
 }
 CONFIG_ENV = "AIQUERY_CONFIG"
 
@@ -266,6 +268,9 @@ def read_prices(path: str | os.PathLike | None = None) -> dict[str, Price]:
 
 DEFAULT_CHAT_ENDPOINT = "local-chat"
 DEFAULT_EMBEDDING_ENDPOINT = "local-embed"
+# ai_classify's default when no default_chat_endpoint is set: it scored better than local-chat there
+# (benchmarks/RESULTS.md, "Task functions on the built-in models and candidates").
+DEFAULT_CLASSIFY_ENDPOINT = "local-classify"
 
 
 def read_default_endpoints(path: str | os.PathLike | None = None) -> dict[str, str]:

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+import orjson
 
 from ._errors import AIQueryError, ArgumentError
 from ._steps import (NUMBER_OVERHEAD, Step, answer_tokens, answer_value, as_json, cached, chat_options, messages,
@@ -29,9 +30,7 @@ EMBEDDING_OPTIONS = '{"modelParameters": null, "failOnError": true, "responseFor
 
 
 def ranking_format(n: int, k: int) -> str:
-    """A json_schema responseFormat for at most k distinct numbers from 1 to n."""
-    import orjson
-
+    """A json_schema responseFormat for at most k numbers from 1 to n."""
     item = {"type": "integer", "enum": list(range(1, n + 1))}
     schema = {"type": "object", "properties": {"ranking": {"type": "array", "items": item, "maxItems": k}},
               "required": ["ranking"], "additionalProperties": False}
@@ -97,7 +96,9 @@ def top_k(step: Step, endpoint_name: Any, groups: Sequence[list[str | None] | No
         return out
     vectors = embed_all(step, embedder, [query, *distinct])
     embed_requests = -(-(len(distinct) + 1) // embedder.batch_size)
-    record.requests += 0 if rerank else embed_requests
+    record.figures["embedding_requests"] = record.figures.get("embedding_requests", 0) + embed_requests
+    if not rerank:
+        record.requests += embed_requests
     if vectors is None:  # estimating: the rerank rounds are planned
         if rerank:
             _plan_rerank(step, chat, values, wanted, k, query, options[0])
@@ -114,8 +115,6 @@ def top_k(step: Step, endpoint_name: Any, groups: Sequence[list[str | None] | No
 
 
 def chat_fail_on_error(options: str) -> bool:
-    import orjson
-
     return orjson.loads(options).get("failOnError", True)
 
 

@@ -14,8 +14,8 @@ from duckdb import sqltypes
 
 from . import _process
 from ._cache import open_cache
-from ._config import (DEFAULT_CHAT_ENDPOINT, DEFAULT_EMBEDDING_ENDPOINT, load_endpoints, read_allowed_hosts,
-                      read_default_endpoints, read_prices)
+from ._config import (DEFAULT_CHAT_ENDPOINT, DEFAULT_CLASSIFY_ENDPOINT, DEFAULT_EMBEDDING_ENDPOINT, load_endpoints,
+                      read_allowed_hosts, read_default_endpoints, read_prices)
 from ._datasets import dataset_path
 from . import _manyrow
 from ._engine import Engine
@@ -57,7 +57,10 @@ def render_macros(files: tuple[str, ...], names: Mapping[str, str], embedding_en
         text = text.replace(placeholder, name)
     text = text.replace("$EMBEDDING_ENDPOINTS",
                         "[" + ", ".join(sql_string(n) for n in sorted(embedding_endpoints)) + "]::VARCHAR[]")
-    text = text.replace("$DEFAULT_CHAT_ENDPOINT", sql_string(default_endpoints.get("chat", DEFAULT_CHAT_ENDPOINT)))
+    chat = default_endpoints.get("chat", DEFAULT_CHAT_ENDPOINT)
+    text = text.replace("$DEFAULT_CLASSIFY_ENDPOINT",  # a configured chat default serves ai_classify too
+                        sql_string(DEFAULT_CLASSIFY_ENDPOINT if chat == DEFAULT_CHAT_ENDPOINT else chat))
+    text = text.replace("$DEFAULT_CHAT_ENDPOINT", sql_string(chat))
     text = text.replace("$DEFAULT_EMBEDDING_ENDPOINT",
                         sql_string(default_endpoints.get("embeddings", DEFAULT_EMBEDDING_ENDPOINT)))
     return re.sub(r"\$DDL\(([^)]*)\)", lambda m: ddl_to_duckdb_sql(m.group(1)), text)
