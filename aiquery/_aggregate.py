@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ._errors import AIQueryError, ArgumentError
-from ._steps import (NUMBER_OVERHEAD, Step, answer_tokens, answer_value, as_json, cached, chat_options, messages,
+from ._steps import (NUMBER_OVERHEAD, Step, answer_tokens, answer_value, as_json, chat_options, messages,
                        message_tokens, numbered, pack, split_text)
 
 ANSWER_TOKENS = 512  # max_tokens of every step when neither the call nor the endpoint sets one
@@ -123,9 +123,7 @@ def aggregate(step: Step, endpoint_name: Any, groups: Sequence[list[str | None] 
                 g.done = True
         if not calls:
             break
-        answers = step.run(calls, fail_fast=fail_on_error)
-        record.requests += len(calls)
-        record.cache_hits += cached(answers)
+        answers = step.send(calls, fail_on_error, record)
         if step.estimating:
             continue
         next_texts: dict[int, list[str]] = {}

@@ -34,7 +34,7 @@ import orjson
 
 from ._errors import AIQueryError, ArgumentError, OutputError
 from ._rank import embed_all
-from ._steps import ManyRow, Step, answer_value, as_json, cached
+from ._steps import ManyRow, Step, answer_value, as_json
 
 MIN_PER_ANSWER = 3  # sample answers of each of two kinds needed to train a proxy
 FOLDS = 5
@@ -193,9 +193,7 @@ class Cascades:
 
     def _ask(self, step: Step, endpoint: Any, rows: list[int], calls: dict, field: str, fail_on_error: bool,
              results: dict, record: Any) -> None:
-        answers = step.run([calls[i][1] for i in rows], fail_fast=fail_on_error)
-        record.requests += len(rows)
-        record.cache_hits += cached(answers)
+        answers = step.send([calls[i][1] for i in rows], fail_on_error, record)
         for i, answer in zip(rows, answers):
             try:
                 value = answer_value(endpoint, answer, calls[i][0])

@@ -23,7 +23,7 @@ import orjson
 
 from ._errors import ArgumentError
 from ._rank import embed_all, similarities
-from ._steps import (NUMBER_OVERHEAD, Step, answer_tokens, answer_value, cached, chat_options, messages,
+from ._steps import (NUMBER_OVERHEAD, Step, answer_tokens, answer_value, chat_options, messages,
                      message_tokens, numbered, pack)
 
 PAIR = "Is this true of the left text and the right text in the user message: {condition}?"
@@ -100,9 +100,7 @@ def _ask_pairs(step: Step, chat: Any, left: list[str], candidates: list[list[str
                                                   f"Left text: {text}\n\nRight text: {other}"), options_text)
             work.append((text, other, opts))
             calls.append(call)
-    answers = step.run(calls, fail_fast=True)
-    record.requests += len(calls)
-    record.cache_hits += cached(answers)
+    answers = step.send(calls, True, record)
     if step.estimating:
         return []
     return [(a, b) for (a, b, opts), answer in zip(work, answers) if answer_value(chat, answer, opts)["result"]]
@@ -124,9 +122,7 @@ def _ask_lists(step: Step, chat: Any, left: list[str], candidates: list[list[str
             opts, call = step.call(chat, messages(instruction, head + numbered(texts)), options_text)
             work.append((text, texts, opts))
             calls.append(call)
-    answers = step.run(calls, fail_fast=True)
-    record.requests += len(calls)
-    record.cache_hits += cached(answers)
+    answers = step.send(calls, True, record)
     if step.estimating:
         return []
     pairs = []

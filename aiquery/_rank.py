@@ -19,7 +19,7 @@ import numpy as np
 import orjson
 
 from ._errors import AIQueryError, ArgumentError
-from ._steps import (NUMBER_OVERHEAD, Step, answer_tokens, answer_value, as_json, cached, chat_options, messages,
+from ._steps import (NUMBER_OVERHEAD, Step, answer_tokens, answer_value, as_json, chat_options, messages,
                      message_tokens, numbered, pack)
 
 RERANK = ("Rank the numbered texts in the user message by how well each matches the query below, and answer "
@@ -141,9 +141,7 @@ def _rerank(step: Step, chat: Any, ranked: list[list[str]], wanted: int, k: int,
                                                       numbered(texts)), options_text)
                 calls.append(call)
                 work.append((row, texts, opts, len(windows) == 1))
-        answers = step.run(calls, fail_fast=fail_on_error)
-        record.requests += len(calls)
-        record.cache_hits += cached(answers)
+        answers = step.send(calls, fail_on_error, record)
         winners: dict[int, list[str]] = {}
         for (row, texts, opts, last), answer in zip(work, answers):
             if row in errors:

@@ -135,6 +135,13 @@ class Step:
                 raise error
         return answers
 
+    def send(self, calls: Sequence[Call], fail_fast: bool, record: PlanRecord) -> list[Any]:
+        """run(), counting the calls and their cache hits on the plan's record."""
+        answers = self.run(calls, fail_fast)
+        record.requests += len(calls)
+        record.cache_hits += cached(answers)
+        return answers
+
     def _query(self) -> Query:
         """The engine's record of the query (its usage figures); reading ahead does not apply here."""
         if self.query is None:
