@@ -378,3 +378,24 @@ def test_cascade_arguments_are_checked(reviews, label_server):
                         "FROM reviews").fetchall() if "proxy" not in call else \
                 reviews.sql(f"SELECT ai_filter_cascade(text, 'x', {call}, endpoint => 'chat') FROM reviews").fetchall()
     assert label_server.requests == []
+
+
+def test_the_estimate_command_prints_the_join_plan(join_server, monkeypatch, tmp_path, capsys):
+    from aiquery._cli import main
+
+    monkeypatch.setenv("FAKE_KEY", CANARY)
+    config = tmp_path / "aiquery.toml"
+    config.write_text(f'[endpoints.chat]\nbase_url = "{join_server.openai_base}"\nmodel = "fake-chat"\n'
+                      'api_key_env = "FAKE_KEY"\n'
+                      f'[endpoints.embed]\ntask = "embeddings"\nbase_url = "{join_server.openai_base}"\n'
+                      'model = "fake-embed"\napi_key_env = "FAKE_KEY"\n')
+    sql = ("CREATE TABLE a AS SELECT 'ticket about topic ' || i AS t FROM range(40) r(i); "
+           "CREATE TABLE b AS SELECT 'issue on topic ' || i AS d FROM range(30) r(i); "
+           "SELECT * FROM ai_join('a', 't', 'b', 'd', 'same topic', k => 4, endpoint => 'chat', "
+           "embedding_endpoint => 'embed')")
+    assert main(["estimate", "--config", str(config), "-e", sql]) == 0
+    out = capsys.readouterr().out
+    assert "chat: plan of ai_join: each left row against its 4 most similar right rows by embed" in out
+    chat_line = next(line for line in out.splitlines() if line.startswith("chat "))
+    assert chat_line.split()[5] == "40"  # requests: one per left row, not 40 x 30
+    assert join_server.requests == []

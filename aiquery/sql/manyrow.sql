@@ -53,19 +53,22 @@ __aiquery_many_answer(
 CREATE OR REPLACE TEMP MACRO ai_join(left_table, left_column, right_table, right_column, condition, k := 5,
                                     per_pair := false, endpoint := $DEFAULT_CHAT_ENDPOINT,
                                     embedding_endpoint := $DEFAULT_EMBEDDING_ENDPOINT, modelParameters := NULL) AS TABLE
-SELECT l.*, r.*
+SELECT __aiquery_l.*, __aiquery_r.*
 FROM (SELECT unnest(json_transform_strict(
           $MANY_UDF('join', endpoint,
-                         (SELECT list(DISTINCT struct_extract(t, left_column)::VARCHAR) FROM query_table(left_table) t),
+                         (SELECT list(DISTINCT struct_extract(__aiquery_t, left_column)::VARCHAR)
+                          FROM query_table(left_table) __aiquery_t),
                          to_json({'condition': condition, 'k': k, 'per_pair': per_pair,
                                   'embedding_endpoint': embedding_endpoint,
-                                  'right': (SELECT list(DISTINCT struct_extract(t, right_column)::VARCHAR)
-                                            FROM query_table(right_table) t)}),
+                                  'right': (SELECT list(DISTINCT struct_extract(__aiquery_t, right_column)::VARCHAR)
+                                            FROM query_table(right_table) __aiquery_t)}),
                          __aiquery_options(modelParameters, true, NULL, NULL, NULL, false),
                          current_query(), txid_current(), $CONTEXT),
-          '[{"__aiquery_left": "VARCHAR", "__aiquery_right": "VARCHAR"}]'), recursive := true)) AS p
-JOIN query_table(left_table) l ON struct_extract(l, left_column)::VARCHAR = p.__aiquery_left
-JOIN query_table(right_table) r ON struct_extract(r, right_column)::VARCHAR = p.__aiquery_right;
+          '[{"__aiquery_left": "VARCHAR", "__aiquery_right": "VARCHAR"}]'), recursive := true)) AS __aiquery_p
+JOIN query_table(left_table) __aiquery_l
+  ON struct_extract(__aiquery_l, left_column)::VARCHAR = __aiquery_p.__aiquery_left
+JOIN query_table(right_table) __aiquery_r
+  ON struct_extract(__aiquery_r, right_column)::VARCHAR = __aiquery_p.__aiquery_right;
 
 -- ai_filter with a cascade: a proxy trained on the endpoint's answers for a sample of the rows answers
 -- the rows it is sure of. The endpoint is sent what ai_filter sends (the same cached answers).
