@@ -4,12 +4,14 @@ ask about every pair.
 `JOIN ... ON ai_filter(l.x || r.y, ...)` sends one request per pair: 1,000 x 1,000 rows is a
 million requests. Here, over the distinct texts of each side:
 - candidates: when the right side has at most k texts, all of them; else each left text's k most
-  similar right texts by embedding (cosine similarity; one embeddings request per batch_size texts);
+  similar right texts by embedding (cosine similarity; one embeddings request per batch_size texts).
+  k => NULL (the default) lists every right text when that takes at most AUTO_WINDOWS requests per
+  left text (per_pair: at most AUTO_K pairs), else takes the AUTO_K most similar;
 - asking: one chat request per left text that lists its candidates, numbered, and asks which meet
   the condition (split in windows if they do not fit the endpoint's context); or with
   per_pair => true one request per candidate pair, as ai_filter would ask it.
-So the default sends one request per distinct left text, plus the embeddings. k => NULL with
-per_pair => true is the naive plan. The plan chosen and its requests are in aiquery.estimate()
+So the default sends one to AUTO_WINDOWS requests per distinct left text, plus any embeddings. A k
+of at least the right side's size with per_pair => true is the naive plan. The plan chosen and its requests are in aiquery.estimate()
 before running and in aiquery_plans() after.
 """
 
@@ -32,6 +34,8 @@ LIST = ("The user message holds a left text and numbered candidate texts. Answer
         "Answer with an empty list if it is true of none.")
 PAIR_FORMAT = "STRUCT<result: BOOLEAN>"
 ANSWER_TOKENS = 256
+AUTO_K = 10        # k => NULL: candidates per left row when every right row would cost too much
+AUTO_WINDOWS = 4   # k => NULL: every right row is listed when that takes at most this many requests per left row
 
 
 def matches_format(n: int) -> str:
@@ -50,14 +54,16 @@ def join(step: Step, endpoint_name: Any, groups: Sequence[list[str | None] | Non
     if not isinstance(condition, str) or not condition.strip():
         raise ArgumentError(f"{function}: the condition must be a non-empty string, got {condition!r}")
     if k is not None and (not isinstance(k, int) or isinstance(k, bool) or k < 1):
-        raise ArgumentError(f"{function}: k must be a positive integer (candidates per left row) or NULL (all), "
+        raise ArgumentError(f"{function}: k must be a positive integer (candidates per left row) or NULL (chosen), "
                             f"got {k!r}")
     if not isinstance(per_pair, bool):
         raise ArgumentError(f"{function}: per_pair must be true or false, got {per_pair!r}")
     chat = step.endpoint(endpoint_name, "chat", function)
     left = sorted({v for v in groups[0] or [] if v is not None})
     right = sorted({v for v in arg.get("right") or [] if v is not None})
-    blocking = k is not None and len(right) > k
+    if k is None:
+        k = len(right) if _fits(step, chat, left, right, per_pair, condition, options[0]) else AUTO_K
+    blocking = len(right) > k
     embedder = step.endpoint(arg.get("embedding_endpoint"), "embeddings", function) if blocking else None
     width = min(k, len(right)) if blocking else len(right)
     plan = (f"each left row against its {k} most similar right rows by {embedder.name}" if blocking
@@ -88,6 +94,21 @@ def join(step: Step, endpoint_name: Any, groups: Sequence[list[str | None] | Non
     if step.estimating:
         return [None]
     return [orjson.dumps([{"__aiquery_left": a, "__aiquery_right": b} for a, b in pairs]).decode()]
+
+
+def _fits(step: Step, chat: Any, left: list[str], right: list[str], per_pair: bool, condition: str,
+          options: str) -> bool:
+    """Whether asking about every right row is cheap enough for k => NULL: at most AUTO_K pairs per left
+    row, or (one request per left row) every right row listed in at most AUTO_WINDOWS requests."""
+    if per_pair or len(right) <= AUTO_K:
+        return len(right) <= AUTO_K
+    counter = step.manyrow.counter(chat)
+    _, raw = chat_options(options, "ai_join", chat)
+    longest = max(counter(t) for t in left)
+    room = (chat.context_tokens - (answer_tokens(chat, raw) or ANSWER_TOKENS) - longest - 8
+            - message_tokens(counter, LIST.format(condition=condition)))
+    needed = sum(counter(t) + NUMBER_OVERHEAD for t in right)
+    return room > 0 and needed <= AUTO_WINDOWS * room
 
 
 def _ask_pairs(step: Step, chat: Any, left: list[str], candidates: list[list[str]], condition: str, options: str,

@@ -29,8 +29,8 @@ ORDER BY product;
 SELECT ai_top_k(review, 'complaints about noise', 2, endpoint => 'chat', embedding_endpoint => 'embed') AS noisiest
 FROM reviews;
 
--- A semantic join: each review against the known issues in one request (a right table of at most k rows),
--- or against its k most similar ones by embedding, never every pair.
+-- A semantic join: each review against every known issue in one request when they fit (else the most
+-- similar ones by embedding), never one request per pair.
 SELECT id, issue_id
 FROM ai_join('reviews', 'review', 'known_issues', 'description', 'the review reports this issue',
              endpoint => 'chat', embedding_endpoint => 'embed')

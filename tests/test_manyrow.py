@@ -281,7 +281,7 @@ def test_join_per_pair_and_all_pairs(tickets, join_server):
     pairs = tickets.sql(base + "k => 2, per_pair => true, embedding_endpoint => 'embed') ORDER BY ALL").fetchall()
     assert pairs == [(i, i % 10) for i in range(30)] and len(join_server.bodies("/chat/completions")) == 60
     join_server.reset()
-    every = tickets.sql(base + "k => NULL, per_pair => true) ORDER BY ALL").fetchall()
+    every = tickets.sql(base + "k => 1000, per_pair => true) ORDER BY ALL").fetchall()
     assert every == pairs and len(join_server.bodies("/chat/completions")) == 300 - 60  # 60 pairs were cached
     assert tickets.sql("SELECT requests, cache_hits, naive_requests FROM aiquery_plans() "
                        "WHERE plan LIKE '%every right row, one request per pair'").fetchall() == [(300, 60, 300)]
@@ -399,3 +399,25 @@ def test_the_estimate_command_prints_the_join_plan(join_server, monkeypatch, tmp
     chat_line = next(line for line in out.splitlines() if line.startswith("chat "))
     assert chat_line.split()[5] == "40"  # requests: one per left row, not 40 x 30
     assert join_server.requests == []
+
+
+def test_join_by_default_lists_every_right_row_when_it_fits_and_blocks_when_not(join_server, monkeypatch):
+    con = make_con(join_server, monkeypatch)
+    small = make_con(join_server, monkeypatch, context_tokens=400, model_parameters={"max_tokens": 20})
+    for c in (con, small):
+        c.execute("CREATE TABLE a AS SELECT 'ticket about topic ' || i AS t FROM range(8) r(i)")
+        c.execute("CREATE TABLE b AS SELECT 'issue on topic ' || i || ' ' || repeat('detail ', 30) AS d "
+                  "FROM range(40) r(i)")
+    sql = ("SELECT t, d FROM ai_join('a', 't', 'b', 'd', 'same topic', endpoint => 'chat', "
+           "embedding_endpoint => 'embed') ORDER BY ALL")
+    rows = con.sql(sql).fetchall()
+    assert len(rows) == 8 and all(same_topic(t, d) for t, d in rows)
+    assert len(join_server.bodies("/chat/completions")) == 8 and join_server.bodies("/embeddings") == []
+    join_server.reset()
+    small.sql(sql).fetchall()  # 40 right rows take more than 4 requests of 400 tokens: the 10 most similar
+    chat = join_server.bodies("/chat/completions")
+    assert join_server.bodies("/embeddings") and len(chat) >= 8
+    listed = [t for b in chat for t in numbered_texts(system_and_user(b)[1].split("Candidates:\n")[1])]
+    assert len(listed) == 8 * 10
+    assert small.sql("SELECT plan FROM aiquery_plans()").fetchall() == [
+        ("each left row against its 10 most similar right rows by embed, one request per left row",)]

@@ -49,8 +49,9 @@ __aiquery_many_answer(
 -- The rows of two tables (named by strings) whose texts meet `condition`, without asking about every pair:
 -- each left row's candidates are all right rows when there are at most k of them, else its k most similar
 -- by embedding, and the chat endpoint is asked once per left row about its candidates (per_pair => true:
--- once per candidate pair). k => NULL and per_pair => true ask about every pair.
-CREATE OR REPLACE TEMP MACRO ai_join(left_table, left_column, right_table, right_column, condition, k := 5,
+-- once per candidate pair). k => NULL (the default) lists every right row when it fits in a few
+-- requests per left row, else takes the 10 most similar (aiquery/_join.py).
+CREATE OR REPLACE TEMP MACRO ai_join(left_table, left_column, right_table, right_column, condition, k := NULL,
                                     per_pair := false, endpoint := $DEFAULT_CHAT_ENDPOINT,
                                     embedding_endpoint := $DEFAULT_EMBEDDING_ENDPOINT, modelParameters := NULL) AS TABLE
 SELECT __aiquery_l.*, __aiquery_r.*
