@@ -44,8 +44,6 @@ class _Group:
     result: str | None = None
     error: AIQueryError | None = None
     done: bool = False
-    requests: int = 0
-    cache_hits: int = 0
     levels: int = 0
 
 

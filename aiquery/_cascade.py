@@ -165,7 +165,7 @@ class Cascades:
             return out
         distinct = sorted({texts[i] for i in rows})
         vectors = dict(zip(distinct, embed_all(step, proxy, distinct)))
-        key = (step._query().number, endpoint.name, options[0], args[0])
+        key = (step.current_query().number, endpoint.name, options[0], args[0])
         results: dict[int, tuple[Any, AIQueryError | None]] = {}
         with self._lock_for(key):
             calibration = self._calibrations.get(key)

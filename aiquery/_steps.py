@@ -37,7 +37,7 @@ PLAN_HISTORY = 200  # plan records kept (the most recent)
 class PlanRecord:
     """What one many-row function did in one query (summed over DuckDB's batches)."""
 
-    query_id: int | None  # aiquery_query_usage()'s query_id; None while estimating
+    query_id: int | None  # aiquery_query_usage()'s query_id (None while estimating: not kept)
     statement: str
     function: str
     endpoint: str
@@ -57,8 +57,8 @@ class Plans:
         self._records: collections.OrderedDict[tuple, PlanRecord] = collections.OrderedDict()
         self._lock = threading.Lock()
 
-    def record(self, query: Query | None, statement: str, function: str, endpoint: str, plan: str) -> PlanRecord:
-        key = (query.number if query is not None else None, statement, function, endpoint, plan)
+    def record(self, query: Query, statement: str, function: str, endpoint: str, plan: str) -> PlanRecord:
+        key = (query.number, statement, function, endpoint, plan)
         with self._lock:
             found = self._records.get(key)
             if found is None:
@@ -69,7 +69,7 @@ class Plans:
 
     def rows(self) -> list[dict[str, Any]]:
         with self._lock:
-            records = [r for r in self._records.values() if r.query_id is not None]
+            records = list(self._records.values())
         return [{"query_id": r.query_id, "statement": r.statement, "function": r.function, "endpoint": r.endpoint,
                  "plan": r.plan, "rows": r.rows, "groups": r.groups, "requests": r.requests,
                  "cache_hits": r.cache_hits, "naive_requests": r.naive_requests,
@@ -125,7 +125,7 @@ class Step:
         if self.estimating:
             self.registration.estimator.add(list(calls))
             return [None] * len(calls)
-        engine, query = self.registration.engine, self._query()
+        engine, query = self.registration.engine, self.current_query()
         with query.udf_call():
             answers = engine.run(calls, fail_fast=fail_fast, query=query)
         if fail_fast:
@@ -142,7 +142,7 @@ class Step:
         record.cache_hits += cached(answers)
         return answers
 
-    def _query(self) -> Query:
+    def current_query(self) -> Query:
         """The engine's record of the query (its usage figures); reading ahead does not apply here."""
         if self.query is None:
             self.query = self.registration.start_query(self.context, self.statement, self.txid, 0)
@@ -154,10 +154,12 @@ class Step:
             self.registration.estimator.plan(endpoint, requests, prompt_tokens, max_tokens)
 
     def record(self, function: str, endpoint: Endpoint, plan: str) -> PlanRecord:
+        """The query's record of this function's plan; while estimating, a note in the estimate
+        (and a record kept nowhere)."""
         if self.estimating:
             self.registration.estimator.note(endpoint.name, f"{function}: {plan}")
-        return self.manyrow.plans.record(None if self.estimating else self._query(), self.statement, function,
-                                         endpoint.name, plan)
+            return PlanRecord(None, self.statement, function, endpoint.name, plan)
+        return self.manyrow.plans.record(self.current_query(), self.statement, function, endpoint.name, plan)
 
 
 def answer_value(endpoint: Endpoint, answer: Any, opts: Options) -> Any:
