@@ -121,6 +121,8 @@ def _estimate(args: argparse.Namespace) -> int:
         elif e.cost_usd is None:
             notes.append(f"no price for {e.model!r}: add [prices.\"{e.model}\"] to aiquery.toml")
         print(f"{e.endpoint}: " + "; ".join(notes))
+        for plan in e.plans:
+            print(f"{e.endpoint}: plan of {plan}")
     return 0
 
 

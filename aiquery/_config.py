@@ -45,6 +45,7 @@ BATCH_LOOKAHEAD = 50_000            # rows a batch-mode query reads ahead of Duc
 # Prefix-aware dispatch and prompt_cache_key look at this much of a prompt's start (about 256
 # tokens): shorter prompts gain little from a provider's prefix cache (OpenAI's starts at 1,024 tokens).
 PREFIX_CHARS = 1024
+DEFAULT_CONTEXT_TOKENS = 8192      # a request's prompt and answer: ai_agg, ai_top_k and ai_join split to fit
 CONFIG_FILE_NAME = "aiquery.toml"
 BUILT_IN = "built-in"
 # Endpoints every connection has unless settings use these names: models shipped in packages, run
@@ -52,11 +53,13 @@ BUILT_IN = "built-in"
 # in flight keeps it busy between answers.
 BUILTIN_ENDPOINTS = {
     "local-chat": {"task": "chat", "provider": "local", "model": "smollm2-135m-instruct",
-                   "max_concurrency": 2, "timeout": 600.0, "lookahead": 64},
+                   "max_concurrency": 2, "timeout": 600.0, "lookahead": 64, "context_tokens": 4096},
     "local-completions": {"task": "completions", "provider": "local", "model": "smollm2-135m-instruct",
                           "max_concurrency": 2, "timeout": 600.0, "lookahead": 64},
     "local-embed": {"task": "embeddings", "provider": "local", "model": "all-minilm-l6-v2",
                     "max_concurrency": 2, "batch_size": 32, "timeout": 600.0, "lookahead": 2048},
+    "local-classify": {"task": "chat", "provider": "local", "model": "minilm-zero-shot",
+                       "max_concurrency": 2, "timeout": 600.0, "lookahead": 2048},
 }
 CONFIG_ENV = "AIQUERY_CONFIG"
 
@@ -84,6 +87,7 @@ class Endpoint:
     requests_per_minute: int | None = None
     tokens_per_minute: int | None = None
     lookahead: int = DEFAULT_LOOKAHEAD   # 0 turns reading ahead of DuckDB off
+    context_tokens: int = DEFAULT_CONTEXT_TOKENS  # the model's context: many-row functions split to fit it
     cache: bool = True               # keep answers in the response cache (off e.g. for sampling at temperature > 0)
     normalize: bool = False          # embeddings: scale each vector to unit length
     batch: bool = False              # send through the provider's batch API (half price, answers within 24 h)
@@ -109,7 +113,8 @@ class Endpoint:
             raise ConfigError(f"{where}: task {self.task!r} is not one of {', '.join(TASKS)}")
         if self.provider not in PROVIDERS:
             raise ConfigError(f"{where}: provider {self.provider!r} is not one of {', '.join(PROVIDERS)}")
-        for setting in ("max_concurrency", "batch_size", "max_attempts", "batch_max_requests", "batch_max_bytes"):
+        for setting in ("max_concurrency", "batch_size", "max_attempts", "batch_max_requests", "batch_max_bytes",
+                        "context_tokens"):
             value = getattr(self, setting)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ConfigError(f"{where}: {setting} must be a positive integer, got {value!r}")
@@ -263,6 +268,9 @@ def read_prices(path: str | os.PathLike | None = None) -> dict[str, Price]:
 
 DEFAULT_CHAT_ENDPOINT = "local-chat"
 DEFAULT_EMBEDDING_ENDPOINT = "local-embed"
+# ai_classify's default when no default_chat_endpoint is set: it scored better than local-chat there
+# (benchmarks/RESULTS.md, "Task functions on the built-in models and candidates").
+DEFAULT_CLASSIFY_ENDPOINT = "local-classify"
 
 
 def read_default_endpoints(path: str | os.PathLike | None = None) -> dict[str, str]:

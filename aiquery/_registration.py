@@ -14,9 +14,10 @@ from duckdb import sqltypes
 
 from . import _process
 from ._cache import open_cache
-from ._config import (DEFAULT_CHAT_ENDPOINT, DEFAULT_EMBEDDING_ENDPOINT, load_endpoints, read_allowed_hosts,
-                      read_default_endpoints, read_prices)
+from ._config import (DEFAULT_CHAT_ENDPOINT, DEFAULT_CLASSIFY_ENDPOINT, DEFAULT_EMBEDDING_ENDPOINT, load_endpoints,
+                      read_allowed_hosts, read_default_endpoints, read_prices)
 from ._datasets import dataset_path
+from . import _manyrow
 from ._engine import Engine
 from ._errors import ArgumentError, ConfigError
 from ._progress import interactive, query_status
@@ -26,7 +27,7 @@ from ._usage import endpoint_rows, query_rows
 
 UDF_PARAMETERS = [sqltypes.VARCHAR, sqltypes.VARCHAR, sqltypes.VARCHAR, sqltypes.BLOB, sqltypes.VARCHAR,
                   sqltypes.UBIGINT, sqltypes.UBIGINT]
-MACRO_FILES = ("options.sql", "ai_query.sql", "usage.sql", "datasets.sql", "functions.sql")
+MACRO_FILES = ("options.sql", "ai_query.sql", "usage.sql", "datasets.sql", "functions.sql", "manyrow.sql")
 READAHEAD_FILES = ("options.sql", "readahead.sql", "functions.sql", "readahead_functions.sql")
 _MACRO = re.compile(r"CREATE OR REPLACE TEMP MACRO (\w+)\((.*)", re.S)
 
@@ -44,7 +45,7 @@ def function_names(number: int) -> dict[str, str]:
     """The names of one registration's Python functions, by their placeholder in the SQL files.
     Numbered: two connections to one database file share its catalog of Python functions."""
     return {"$INVOKE_UDF": f"__aiquery_invoke_{number}", "$USAGE_UDF": f"__aiquery_usage_{number}",
-            "$DATASET_UDF": f"__aiquery_dataset_{number}"}
+            "$DATASET_UDF": f"__aiquery_dataset_{number}", **_manyrow.function_names(number)}
 
 
 def render_macros(files: tuple[str, ...], names: Mapping[str, str], embedding_endpoints: list[str],
@@ -56,7 +57,10 @@ def render_macros(files: tuple[str, ...], names: Mapping[str, str], embedding_en
         text = text.replace(placeholder, name)
     text = text.replace("$EMBEDDING_ENDPOINTS",
                         "[" + ", ".join(sql_string(n) for n in sorted(embedding_endpoints)) + "]::VARCHAR[]")
-    text = text.replace("$DEFAULT_CHAT_ENDPOINT", sql_string(default_endpoints.get("chat", DEFAULT_CHAT_ENDPOINT)))
+    chat = default_endpoints.get("chat", DEFAULT_CHAT_ENDPOINT)
+    text = text.replace("$DEFAULT_CLASSIFY_ENDPOINT",  # a configured chat default serves ai_classify too
+                        sql_string(DEFAULT_CLASSIFY_ENDPOINT if chat == DEFAULT_CHAT_ENDPOINT else chat))
+    text = text.replace("$DEFAULT_CHAT_ENDPOINT", sql_string(chat))
     text = text.replace("$DEFAULT_EMBEDDING_ENDPOINT",
                         sql_string(default_endpoints.get("embeddings", DEFAULT_EMBEDDING_ENDPOINT)))
     return re.sub(r"\$DDL\(([^)]*)\)", lambda m: ddl_to_duckdb_sql(m.group(1)), text)
@@ -146,6 +150,7 @@ def install(con: duckdb.DuckDBPyConnection, registration: Registration, names: M
         return orjson.dumps(rows).decode()
 
     con.create_function(names["$USAGE_UDF"], usage, [sqltypes.VARCHAR], sqltypes.VARCHAR, side_effects=True)
+    _manyrow.install(con, registration, names)
 
 
 def connect(database: str = ":memory:", *, endpoints: Mapping[str, Any] | None = None,

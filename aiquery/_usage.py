@@ -51,6 +51,7 @@ PRICES: dict[str, Price] = {  # OpenAI's list prices, its batch API at half of t
     # the built-in models run here: they cost nothing but time
     "smollm2-135m-instruct": Price(0.0, 0.0),
     "all-minilm-l6-v2": Price(0.0, 0.0),
+    "minilm-zero-shot": Price(0.0, 0.0),
 }
 
 

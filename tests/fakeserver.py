@@ -78,6 +78,10 @@ texts in order; completions: the prompt), a request's cached tokens are the word
 the start with the closest of them, and each word not cached adds S seconds before the answer.
 Usage then reports prompt_tokens_details.cached_tokens.
 
+Answers from a function: `reply` (chat body -> content, or None for the usual answer) and
+`embedding` (text -> vector) replace the built-in answers, e.g. for a reference server that answers
+from a data set's labels.
+
 Run in the foreground for benchmarks:
     python tests/fakeserver.py --port 8099 [--latency 0.1] [--max-concurrency 50] [--api-key K]
 """
@@ -374,6 +378,8 @@ class FakeServer:
         oauth: FakeOAuth | None = None,
         prefix_cache: int = 0,
         prefill_per_token: float = 0.0,
+        reply: Callable[[dict], str | None] | None = None,
+        embedding: Callable[[str], list[float]] | None = None,
     ):
         self.api_key = api_key
         self.oauth = oauth
@@ -383,6 +389,8 @@ class FakeServer:
         self.max_concurrency = max_concurrency
         self.retry_after = retry_after
         self.embedding_dim = embedding_dim
+        self.reply = reply  # chat body -> content (None: the usual answer); a reference that knows the labels
+        self.embedding = embedding  # text -> vector, instead of the hash vectors
         self.host = host
         self.port = port
         self.url = ""
@@ -751,7 +759,10 @@ class FakeServer:
                 text, images = message_text, urls
 
         response_format = body.get("response_format") or {}
-        if "reply" in directives:
+        answer = self.reply(body) if self.reply is not None else None
+        if answer is not None:
+            content = answer
+        elif "reply" in directives:
             content = directives["reply"]
         elif response_format.get("type") == "json_schema":
             schema = (response_format.get("json_schema") or {}).get("schema", {})
@@ -834,6 +845,8 @@ class FakeServer:
         inputs = [str(i) for i in as_list(body.get("input", ""))]
         if "per_token_embeddings" in directives:
             vectors: list = [[embed(w, self.embedding_dim) for w in (t.split() or [t])] for t in inputs]
+        elif self.embedding is not None:
+            vectors = [self.embedding(t) for t in inputs]
         else:
             vectors = [embed(t, int(directives.get("dims") or self.embedding_dim)) for t in inputs]
         if "scale" in directives:

@@ -41,7 +41,7 @@ def test_builtin_local_endpoints_are_always_there_and_settings_can_replace_them(
     endpoints = load_endpoints()
     assert {n: (e.task, e.provider, e.source) for n, e in endpoints.items() if n in BUILTINS} == {
         "local-chat": ("chat", "local", "built-in"), "local-completions": ("completions", "local", "built-in"),
-        "local-embed": ("embeddings", "local", "built-in")}
+        "local-embed": ("embeddings", "local", "built-in"), "local-classify": ("chat", "local", "built-in")}
     config = tmp_path / "a.toml"
     config.write_text('[endpoints.local-chat]\nbase_url = "http://127.0.0.1:1/v1"\n')
     replaced = load_endpoints(config=config)["local-chat"]
@@ -51,7 +51,8 @@ def test_builtin_local_endpoints_are_always_there_and_settings_can_replace_them(
 def test_a_local_endpoint_must_name_a_builtin_model():
     with aiquery.connect(endpoints={"mine": {"provider": "local", "model": "gpt-9"}}) as con:
         with pytest.raises(duckdb.Error, match="endpoint .mine.: provider 'local' runs a built-in model: "
-                                                      "set model to one of smollm2-135m-instruct, all-minilm-l6-v2"):
+                                                      "set model to one of smollm2-135m-instruct, all-minilm-l6-v2, "
+                                                      "minilm-zero-shot"):
             con.sql("SELECT ai_query('mine', 'hi')").fetchall()
 
 

@@ -252,8 +252,9 @@ def test_default_endpoints_come_from_the_config_file(endpoints, server, tmp_path
     path = config_file(tmp_path, endpoints, default_chat_endpoint="chat", default_embedding_endpoint="embed")
     with aiquery.connect(config=path) as con:
         assert one(con, "ai_gen('hi')") == "echo: hi"
+        assert one(con, "ai_classify('hi', ['a', 'b'])") == "a"  # a configured chat default serves it too
         assert one(con, "ai_similarity('a', 'a')") == pytest.approx(1.0, abs=1e-5)
-    assert server.bodies("/chat/completions")[0]["model"] == "fake-chat"
+    assert [b["model"] for b in server.bodies("/chat/completions")] == ["fake-chat", "fake-chat"]
     assert server.bodies("/embeddings")[0]["model"] == "fake-embed"
 
 
@@ -262,6 +263,8 @@ def test_default_endpoints_are_the_built_in_models_otherwise(con):
 
     statements = {s.split("MACRO ")[1].split("(")[0]: s for s in registration_of(con).macros(0)}
     assert "endpoint := 'local-chat'" in statements["ai_gen"]
+    assert "endpoint := 'local-chat'" in statements["ai_analyze_sentiment"]
+    assert "endpoint := 'local-classify'" in statements["ai_classify"]  # it scored better there
     assert "endpoint := 'local-embed'" in statements["ai_similarity"]
 
 

@@ -179,3 +179,23 @@ def test_the_readme_demo_command_prints_results_and_accuracy(tmp_path):
     assert "accuracy" in result.stdout and "│     100 │" in result.stdout
     assert "nearest_review" in result.stdout and "nearest_neighbour_accuracy" in result.stdout
     assert "100/100 [" in result.stderr and "requests=100 " in result.stderr  # the progress line
+
+
+def test_local_classify_chooses_labels_by_embedding_similarity(con, engine):
+    rows = con.sql("""
+        SELECT ai_classify('What a wonderful, moving film. I loved it.', ['positive', 'negative']),
+               ai_classify('Dull, long and badly acted: I hated it.', ['positive', 'negative']),
+               ai_classify('A film about a dog and a cat.', ['dogs', 'cats', 'cars', 'taxes'], multilabel => true),
+               ai_classify(NULL, ['positive', 'negative'])
+    """).fetchall()
+    (good, bad, animals, nothing), = rows
+    assert (good, bad, nothing) == ("positive", "negative", None)
+    assert "cars" not in animals and "taxes" not in animals and animals
+    assert engine.stats()["local-classify"].prompt_tokens > 0
+
+
+def test_local_classify_refuses_what_is_not_a_choice(con):
+    with pytest.raises(duckdb.Error, match="endpoint 'local-classify'.*only chooses labels.*'local-chat'"):
+        con.sql("SELECT ai_filter('A fine film', 'it is praised', endpoint => 'local-classify')").fetchall()
+    with pytest.raises(duckdb.Error, match="only chooses labels"):
+        con.sql("SELECT ai_query('local-classify', 'Say hi')").fetchall()

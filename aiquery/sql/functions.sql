@@ -2,8 +2,9 @@
 --
 -- Every function takes endpoint, modelParameters and failOnError like ai_query. The endpoint
 -- defaults to default_chat_endpoint / default_embedding_endpoint of the config file, else
--- local-chat / local-embed: $DEFAULT_CHAT_ENDPOINT and $DEFAULT_EMBEDDING_ENDPOINT are filled in
--- at registration (aiquery/_registration.py).
+-- local-chat / local-embed (ai_classify: local-classify): $DEFAULT_CHAT_ENDPOINT,
+-- $DEFAULT_CLASSIFY_ENDPOINT and $DEFAULT_EMBEDDING_ENDPOINT are filled in at registration
+-- (aiquery/_registration.py).
 --
 -- Chat functions send two messages: the instruction (system) and the text (user), so the text
 -- is never read as part of the instruction. Every prompt of the family is in this file.
@@ -95,7 +96,7 @@ __aiquery_field(
 -- One of labels (a constant list), or with multilabel => true the list of those that apply (at most
 -- len(labels) items: maxItems keeps a small model from repeating a label until max_tokens).
 -- An answer outside labels is an error for its row, never coerced.
-CREATE OR REPLACE TEMP MACRO ai_classify(content, labels, multilabel := false, endpoint := $DEFAULT_CHAT_ENDPOINT,
+CREATE OR REPLACE TEMP MACRO ai_classify(content, labels, multilabel := false, endpoint := $DEFAULT_CLASSIFY_ENDPOINT,
                                          modelParameters := NULL, failOnError := true) AS
 __aiquery_field(
     ai_query(endpoint,
