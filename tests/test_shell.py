@@ -94,7 +94,7 @@ def test_ctrl_c_cancels_the_running_statement_and_not_the_shell(shell, server):
     child = shell()
     child.sendline("SELECT i, ai_query('chat', 'slow ' || i || ' [[sleep=60]]') FROM range(3) t(i);")
     wait_for(lambda: len(server.requests) == 3)  # all three in flight
-    child.expect(r"ai_query: 0 answers .*requests=3")  # the progress line, after the first second
+    child.expect(r"0/3 .*requests=3")  # the progress line (rows done of 3), after the first second
     started = time.monotonic()
     child.sendintr()
     child.expect("query interrupted", timeout=30)  # long before the answers (60 s)
