@@ -20,6 +20,7 @@ import pytest
 import aiquery
 from aiquery import _cache
 from aiquery._cli import main as cli
+from aiquery._registration import registration_of
 from conftest import CANARY_KEY
 from fakeserver import FakeServer
 
@@ -88,6 +89,7 @@ def test_a_new_property_order_is_a_new_request_and_sorted_schemas_keep_their_old
     # answer_first is sorted: its key is the digest of the sorted body, the formula of earlier versions.
     request = server.requests[1]
     old_key = hashlib.blake2b(f"openai\0{server.openai_base}/chat/completions\0".encode(), digest_size=16)
+    old_key.update(registration_of(con)._targets["chat"].identity)  # the headers' part of the key
     old_key.update(orjson.dumps(request.body, option=orjson.OPT_SORT_KEYS))
     _cache.open_cache(cache_dir / _cache.FILE_NAME).flush()
     with sqlite3.connect(cache_dir / _cache.FILE_NAME) as db:
