@@ -111,7 +111,8 @@ def _decode(blob: bytes) -> Answer | None:
     """A stored answer, or None when it cannot be read back."""
     try:
         stored = orjson.loads(blob)
-        return Answer(stored["value"], stored["usage"], stored["finish_reason"], 0, True)
+        return Answer(stored["value"], stored["usage"], stored["finish_reason"], 0, True,
+                      logprobs=stored.get("logprobs"))
     except (orjson.JSONDecodeError, KeyError, TypeError):
         return None
 
@@ -330,7 +331,10 @@ class ResponseCache:
 
     def put(self, key: bytes, endpoint: str, model: str | None, answer: Answer, usages: Sequence[Any] = ()) -> None:
         """Stores `answer` (in the background); `usages` count it if it cannot be stored."""
-        blob = orjson.dumps({"value": answer.value, "usage": answer.usage, "finish_reason": answer.finish_reason})
+        stored = {"value": answer.value, "usage": answer.usage, "finish_reason": answer.finish_reason}
+        if answer.logprobs is not None:  # asked for by confidence scores (ai_classify, ai_extract)
+            stored["logprobs"] = answer.logprobs
+        blob = orjson.dumps(stored)
         if not self._submit(("put", (key, endpoint, model, time.time(), blob), usages), key, answer):
             self._lost(1, usages)
             if self.problem is None:

@@ -1,6 +1,9 @@
 """The `aiquery` command: run SQL with every aiquery function registered, list endpoints.
 
+    aiquery                                     # an interactive SQL shell (aiquery shell [db] likewise)
     aiquery run quickstart.sql                  # every statement; each result printed as a table
+    aiquery run - < job.sql                     # SQL from standard input (so does `aiquery < job.sql`)
+    aiquery run --dialect databricks job.sql    # Databricks SQL, translated to DuckDB first
     aiquery run -e "SELECT ai_query('chat', 'hi')" --db data.duckdb
     aiquery run job.sql --output scored.parquet  # or .csv / .json: the last result written there
     aiquery endpoints                            # name, task, provider, model, URL, where settings came from
@@ -28,14 +31,17 @@ from pathlib import Path
 
 import duckdb
 
+from . import _script
 from ._batch import TERMINAL, BatchStore, batch_cost, refresh, store_path
 from ._cache import default_path, open_cache, rebuild
 from ._config import OPENAI_BASE_URL, load_endpoints, read_prices
+from ._dialect import dialect_name, translate, with_hint
 from ._errors import AIQueryError, CacheWarning, ConfigError
 from ._estimate import estimate
 from ._readahead import explain
 from ._progress import interactive
 from ._registration import connect, registration_of
+from ._shell import Shell
 from ._types import sql_string
 from ._usage import price_of
 
@@ -45,8 +51,10 @@ _FORMATS = {".csv": "csv", ".parquet": "parquet", ".json": "json", ".jsonl": "js
 
 def _sql_argument(args: argparse.Namespace, command: str) -> str:
     if (args.file is None) == (args.execute is None):
-        raise SystemExit(f"aiquery {command}: give a SQL file or -e 'SQL' (one of them)")
-    return args.execute if args.execute is not None else Path(args.file).read_text()
+        raise SystemExit(f"aiquery {command}: give a SQL file, - for standard input, or -e 'SQL' (one of them)")
+    if args.execute is not None:
+        return args.execute
+    return sys.stdin.read() if args.file == "-" else Path(args.file).read_text()
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -59,16 +67,17 @@ def _run(args: argparse.Namespace) -> int:
     # A progress line per query that calls a model (aiquery/_progress.py).
     con = connect(args.db, config=args.config, progress=interactive() if args.progress is None else args.progress)
     try:
-        statements = duckdb.extract_statements(sql)
+        statements = _script.statements(con, sql, args.dialect)
         if not statements:
             raise SystemExit("aiquery run: no SQL statement given")
         has_result = False
         for statement in statements:
             if statement.type == duckdb.StatementType.SELECT:
-                con.execute(f"CREATE OR REPLACE TEMP TABLE {RESULT_TABLE} AS {statement.query}")
+                _script.run(lambda q: con.execute(f"CREATE OR REPLACE TEMP TABLE {RESULT_TABLE} AS {q}"),
+                            statement, sql, args.dialect)
                 has_result = True
             else:
-                con.execute(statement.query)
+                _script.run(con.execute, statement, sql, args.dialect)
             registration_of(con).settle_displays()  # its progress line is closed before anything is printed
             if statement.type == duckdb.StatementType.SELECT and not output_format:
                 print(con.table(RESULT_TABLE))
@@ -87,6 +96,8 @@ def _explain(args: argparse.Namespace) -> int:
     sql = _sql_argument(args, "explain")
     con = connect(args.db, config=args.config, progress=False)
     try:
+        if dialect_name(args.dialect) != "duckdb":
+            sql = translate(sql, args.dialect, catalogs=_script.catalogs(con))
         for number, plan in enumerate(explain(con, sql), 1):
             print(f"statement {number}: {plan}")
     finally:
@@ -98,7 +109,13 @@ def _estimate(args: argparse.Namespace) -> int:
     sql = _sql_argument(args, "estimate")
     con = connect(args.db, config=args.config)
     try:
-        estimates = estimate(con, sql)
+        if dialect_name(args.dialect) != "duckdb":
+            estimates = estimate(con, translate(sql, args.dialect, catalogs=_script.catalogs(con)))
+        else:
+            try:
+                estimates = estimate(con, sql)
+            except duckdb.Error as exc:
+                raise with_hint(exc, sql) from None
     finally:
         con.close()
     if not estimates:
@@ -126,11 +143,8 @@ def _estimate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _endpoints(args: argparse.Namespace) -> int:
-    endpoints = load_endpoints(config=args.config)
-    if not endpoints:
-        print("no endpoints: add [endpoints.NAME] tables to aiquery.toml (or the file named by AIQUERY_CONFIG)")
-        return 0
+def endpoint_rows(endpoints: dict) -> list[tuple]:
+    """A header and one row per endpoint: name, task, provider, model, URL, where its settings came from."""
     rows = [("name", "task", "provider", "model", "url", "settings from")]
     for name, e in sorted(endpoints.items()):
         if e.provider == "local":
@@ -140,9 +154,34 @@ def _endpoints(args: argparse.Namespace) -> int:
         else:
             url = e.base_url or OPENAI_BASE_URL
         rows.append((name, e.task, e.provider, e.model or "", url, e.source))
+    return rows
+
+
+def print_table(rows: list[tuple], file=None) -> None:
     widths = [max(len(str(row[i])) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
-        print("  ".join(str(value).ljust(width) for value, width in zip(row, widths)).rstrip())
+        print("  ".join(str(value).ljust(width) for value, width in zip(row, widths)).rstrip(), file=file)
+
+
+def _endpoints(args: argparse.Namespace) -> int:
+    endpoints = load_endpoints(config=args.config)
+    if not endpoints:
+        print("no endpoints: add [endpoints.NAME] tables to aiquery.toml (or the file named by AIQUERY_CONFIG)")
+        return 0
+    print_table(endpoint_rows(endpoints))
+    return 0
+
+
+def _shell(args: argparse.Namespace) -> int:
+    if not sys.stdin.isatty():  # piped SQL, as duckdb runs it: the same as aiquery run -
+        args.file, args.execute, args.output = "-", None, None
+        return _run(args)
+    # A progress line per query that calls a model (aiquery/_progress.py).
+    con = connect(args.db, config=args.config, progress=interactive() if args.progress is None else args.progress)
+    try:
+        Shell(con, dialect=args.dialect).loop()
+    finally:
+        con.close()
     return 0
 
 
@@ -248,29 +287,43 @@ def _duration(seconds: float) -> str:
     return f"{seconds:.0f}s"
 
 
+_DIALECT_HELP = "the SQL's dialect: duckdb (default) or databricks (translated to DuckDB first)"
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="aiquery", description="Databricks-style ai_query() for DuckDB.")
+    parser = argparse.ArgumentParser(prog="aiquery", description="Databricks-style ai_query() for DuckDB. "
+                                     "With no command: an interactive SQL shell (aiquery shell).")
     commands = parser.add_subparsers(dest="command", required=True)
+    shell = commands.add_parser("shell", help="an interactive SQL shell with every aiquery function (the default)")
+    shell.add_argument("db", nargs="?", default=":memory:", help="a DuckDB database file (default: in memory)")
+    shell.add_argument("--config", help="endpoint settings (default: ./aiquery.toml or $AIQUERY_CONFIG)")
+    shell.add_argument("--dialect", default="duckdb", help=_DIALECT_HELP)
+    shell.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                       help="show progress while a statement runs (default: only on a terminal)")
+    shell.set_defaults(handler=_shell)
     run = commands.add_parser("run", help="run SQL with every aiquery function registered")
-    run.add_argument("file", nargs="?", help="a SQL file (statements separated by ;)")
+    run.add_argument("file", nargs="?", help="a SQL file (statements separated by ;), or - for standard input")
     run.add_argument("-e", "--execute", metavar="SQL", help="SQL to run instead of a file")
     run.add_argument("--db", default=":memory:", help="a DuckDB database file (default: in memory)")
     run.add_argument("--config", help="endpoint settings (default: ./aiquery.toml or $AIQUERY_CONFIG)")
     run.add_argument("--output", metavar="PATH", help="write the last result to .csv, .parquet or .json")
     run.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                      help="show progress while a statement runs (default: only on a terminal)")
+    run.add_argument("--dialect", default="duckdb", help=_DIALECT_HELP)
     run.set_defaults(handler=_run)
     estimating = commands.add_parser("estimate", help="what SQL would send and cost, without calling any model")
     estimating.add_argument("file", nargs="?", help="a SQL file (statements separated by ;)")
     estimating.add_argument("-e", "--execute", metavar="SQL", help="SQL to estimate instead of a file")
     estimating.add_argument("--db", default=":memory:", help="a DuckDB database file (default: in memory)")
     estimating.add_argument("--config", help="endpoint settings (default: ./aiquery.toml or $AIQUERY_CONFIG)")
+    estimating.add_argument("--dialect", default="duckdb", help=_DIALECT_HELP)
     estimating.set_defaults(handler=_estimate)
     explaining = commands.add_parser("explain", help="which ai_query calls are read ahead, and why not; no model called")
     explaining.add_argument("file", nargs="?", help="a SQL file (statements separated by ;)")
     explaining.add_argument("-e", "--execute", metavar="SQL", help="SQL to explain instead of a file")
     explaining.add_argument("--db", default=":memory:", help="a DuckDB database file (default: in memory)")
     explaining.add_argument("--config", help="endpoint settings (default: ./aiquery.toml or $AIQUERY_CONFIG)")
+    explaining.add_argument("--dialect", default="duckdb", help=_DIALECT_HELP)
     explaining.set_defaults(handler=_explain)
     listing = commands.add_parser("endpoints", help="list endpoints with their task and where their settings came from")
     listing.add_argument("--config", help="endpoint settings (default: ./aiquery.toml or $AIQUERY_CONFIG)")
@@ -293,6 +346,11 @@ def main(argv: list[str] | None = None) -> int:
     batching.add_argument("--path", help="the response cache file the batches belong to (default: "
                                          "responses.sqlite3 in $AIQUERY_CACHE_DIR or the user cache directory)")
     batching.set_defaults(handler=_batches)
+
+
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or (argv[0] not in commands.choices and argv[0] not in ("-h", "--help")):
+        argv = ["shell", *argv]  # `aiquery`, `aiquery data.duckdb`: the shell, as `duckdb` opens one
     args = parser.parse_args(argv)
     try:
         return args.handler(args)

@@ -19,6 +19,7 @@ from ._config import (DEFAULT_CHAT_ENDPOINT, DEFAULT_CLASSIFY_ENDPOINT, DEFAULT_
 from ._datasets import dataset_path
 from . import _manyrow
 from ._engine import Engine
+from ._tasks import task_part
 from ._errors import ArgumentError, ConfigError
 from ._progress import interactive, query_status
 from ._types import ddl_to_duckdb_sql, sql_string
@@ -45,7 +46,8 @@ def function_names(number: int) -> dict[str, str]:
     """The names of one registration's Python functions, by their placeholder in the SQL files.
     Numbered: two connections to one database file share its catalog of Python functions."""
     return {"$INVOKE_UDF": f"__aiquery_invoke_{number}", "$USAGE_UDF": f"__aiquery_usage_{number}",
-            "$DATASET_UDF": f"__aiquery_dataset_{number}", **_manyrow.function_names(number)}
+            "$DATASET_UDF": f"__aiquery_dataset_{number}", "$TASK_UDF": f"__aiquery_task_{number}",
+            **_manyrow.function_names(number)}
 
 
 def render_macros(files: tuple[str, ...], names: Mapping[str, str], embedding_endpoints: list[str],
@@ -81,13 +83,17 @@ def site_functions(macros: str) -> frozenset[str]:
 
 def register(con: duckdb.DuckDBPyConnection, *, endpoints: Mapping[str, Any] | None = None,
              config: str | os.PathLike | None = None, engine: Engine | None = None,
-             cache: str | os.PathLike | bool = True, progress: bool | None = None) -> duckdb.DuckDBPyConnection:
+             cache: str | os.PathLike | bool = True, progress: bool | None = None,
+             default_chat_endpoint: str | None = None,
+             default_embedding_endpoint: str | None = None) -> duckdb.DuckDBPyConnection:
     """Registers ai_query on `con` (replacing an earlier registration) and returns `con`.
 
     Requests go through `engine`, by default the process-wide Engine.shared(), so an endpoint's
     limits hold across every connection. Answers are kept in the response cache: `cache` is its
     file (default: responses.sqlite3 in $AIQUERY_CACHE_DIR or the user cache directory), or False.
-    `progress` shows each query's progress: by default in a terminal or notebook (AIQUERY_PROGRESS=0: never)."""
+    `progress` shows each query's progress: by default in a terminal or notebook (AIQUERY_PROGRESS=0: never).
+    The task functions (ai_gen, ai_classify, ai_similarity, ...) called without `endpoint =>` use
+    `default_chat_endpoint` / `default_embedding_endpoint`, else the config file's, else the built-in models."""
     if not isinstance(con, duckdb.DuckDBPyConnection):
         raise TypeError(f"register() needs a duckdb connection, got {type(con).__name__}")
     settings = load_endpoints(endpoints, config)
@@ -96,7 +102,11 @@ def register(con: duckdb.DuckDBPyConnection, *, endpoints: Mapping[str, Any] | N
     responses = None if cache is False else open_cache(None if cache is True else cache)
     prices = read_prices(config)
     engine = engine or Engine.shared()
-    defaults = _checked_defaults(read_default_endpoints(config), settings)
+    defaults = read_default_endpoints(config)
+    for task, name in (("chat", default_chat_endpoint), ("embeddings", default_embedding_endpoint)):
+        if name is not None:
+            defaults[task] = name
+    defaults = _checked_defaults(defaults, settings)
     number = next(_process.numbers)
     names = function_names(number)
     embedding = [name for name, e in settings.items() if e.task == "embeddings"]
@@ -117,6 +127,9 @@ def _checked_defaults(defaults: dict[str, str], settings: Mapping[str, Any]) -> 
     """The task functions' default endpoints; one registered with another task is a ConfigError.
     (One not registered at all fails when a function uses it, naming the registered endpoints.)"""
     for task, name in defaults.items():
+        if not isinstance(name, str) or not name:
+            key = "default_chat_endpoint" if task == "chat" else "default_embedding_endpoint"
+            raise ConfigError(f"{key} must be the name of an endpoint, got {name!r}")
         endpoint = settings.get(name)
         if endpoint is not None and endpoint.task != task:
             key = "default_chat_endpoint" if task == "chat" else "default_embedding_endpoint"
@@ -143,6 +156,9 @@ def install(con: duckdb.DuckDBPyConnection, registration: Registration, names: M
                         type="arrow", null_handling="special", side_effects=True)
     # Foldable (no side effects) so that it can name a file: read_parquet(aiquery_dataset('...')).
     con.create_function(names["$DATASET_UDF"], dataset_path, [sqltypes.VARCHAR], sqltypes.VARCHAR, side_effects=False)
+    # Folded while planning too: the task functions' column types come from it (aiquery/_tasks.py).
+    con.create_function(names["$TASK_UDF"], task_part, [sqltypes.VARCHAR] * 5, sqltypes.VARCHAR, side_effects=False,
+                        null_handling="special")
 
     def usage(kind: str) -> str:
         rows = (endpoint_rows(engine, prices) if kind == "endpoints" else
@@ -156,11 +172,14 @@ def install(con: duckdb.DuckDBPyConnection, registration: Registration, names: M
 def connect(database: str = ":memory:", *, endpoints: Mapping[str, Any] | None = None,
             config: str | os.PathLike | None = None, engine: Engine | None = None,
             cache: str | os.PathLike | bool = True, progress: bool | None = None,
+            default_chat_endpoint: str | None = None, default_embedding_endpoint: str | None = None,
             **duckdb_options: Any) -> duckdb.DuckDBPyConnection:
     """A new DuckDB connection with every aiquery SQL function registered (see register())."""
     con = duckdb.connect(database, **duckdb_options)
     try:
-        return register(con, endpoints=endpoints, config=config, engine=engine, cache=cache, progress=progress)
+        return register(con, endpoints=endpoints, config=config, engine=engine, cache=cache, progress=progress,
+                        default_chat_endpoint=default_chat_endpoint,
+                        default_embedding_endpoint=default_embedding_endpoint)
     except BaseException:
         con.close()
         raise

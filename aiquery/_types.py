@@ -44,8 +44,8 @@ from decimal import ROUND_HALF_UP, Decimal, localcontext
 
 from ._errors import ArgumentError, OutputError
 
-__all__ = ["SqlType", "parse_type", "conform", "parse_output", "ddl_to_duckdb_sql",
-           "MAX_GENERIC_DEPTH"]
+__all__ = ["SqlType", "parse_type", "conform", "parse_output", "check_enums", "forbidden_in_name",
+           "ddl_to_duckdb_sql", "MAX_GENERIC_DEPTH"]
 
 MAX_GENERIC_DEPTH = 6
 _MAX_ARRAY_SIZE = 100_000        # DuckDB's limit for fixed-size ARRAY
@@ -315,7 +315,7 @@ class _Parser:
         name = tok.text[1:-1]
         if not name:
             self.fail(f"empty field name at position {tok.pos}")
-        bad = sorted(_FORBIDDEN_IN_NAMES.intersection(name))
+        bad = forbidden_in_name(name)
         if bad:
             self.fail(f"field name {tok.text} contains {' '.join(bad)}, which field names may not")
         return name
@@ -360,6 +360,11 @@ class _Parser:
             self.number("a length")
             self.expect(")", "')'")
         return SqlType("scalar", canon)
+
+
+def forbidden_in_name(name: str) -> list[str]:
+    """The characters of `name` that a field name may not hold (see the module docstring)."""
+    return sorted(_FORBIDDEN_IN_NAMES.intersection(name))
 
 
 def parse_type(text: str, *, argument: str = "returnType") -> SqlType:
@@ -569,6 +574,28 @@ def conform(value, t: SqlType, path: str = ""):
             item = value[match]
         result[name] = conform(item, field_type, sub)
     return result
+
+
+def check_enums(value, schema, path: str = "") -> None:
+    """Every value of an answer (`value`, parsed) that its JSON schema lists the allowed values of
+    (`enum`), at any depth, is one of them: OutputError otherwise, never coerced. ai_classify,
+    ai_analyze_sentiment and ai_extract's enum fields rely on this."""
+    if not isinstance(schema, dict):
+        return
+    allowed = schema.get("enum")
+    if isinstance(allowed, list) and value not in allowed:
+        name = f"the answer's {path!r}" if path else "the answer"
+        raise OutputError(f"{name} is {value!r}, not one of the allowed values "
+                          f"{json.dumps(allowed, ensure_ascii=False)}")
+    properties = schema.get("properties")
+    if isinstance(value, dict) and isinstance(properties, dict):
+        for name, sub in properties.items():
+            if name in value:
+                check_enums(value[name], sub, f"{path}.{name}" if path else name)
+    items = schema.get("items")
+    if isinstance(value, list) and isinstance(items, dict):
+        for i, item in enumerate(value):
+            check_enums(item, items, f"{path}[{i}]")
 
 
 def parse_output(text: str, t: SqlType):

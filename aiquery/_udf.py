@@ -29,7 +29,8 @@ from ._errors import AIQueryError, ArgumentError, ConfigError, OutputError, Unkn
 from ._planner import Plan, plan
 from ._readahead import Prefetcher
 from ._providers import Target, resolve
-from ._types import SqlType, conform, parse_output, parse_type
+from ._tasks import Spec, spec
+from ._types import SqlType, check_enums, conform, parse_output, parse_type
 from ._progress import Progress, query_status
 from ._usage import Price, price_of
 
@@ -52,6 +53,7 @@ class Options:
     tools: bool = False                     # modelParameters is a STRUCT with `tools`: answers are
                                             # STRUCT(content, tool_calls) (aiquery/sql/options.sql)
     batch: bool | None = None               # batch => true/false; None: the endpoint's setting
+    task: Spec | None = None                # ai_classify / ai_extract: the answer is reshaped (aiquery/_tasks.py)
 
 
 def read_options(text: str) -> Options:
@@ -84,8 +86,13 @@ def read_options(text: str) -> Options:
     batch = raw.get("batch")
     if batch is not None and not isinstance(batch, bool):
         raise ArgumentError(f"batch must be true or false, got {batch!r}")
+    task = raw.get("task")
+    if task is not None:  # the arguments the task function's macro passed, as to_json() texts
+        task = spec(task["kind"], task["labels"], task["options"], task["multilabel"])
+        if task.logprobs:
+            params = {**params, "logprobs": True}
     return Options(params, fail_on_error, response_format, output_type, expects_json, cache, details, normalize,
-                   tools, batch)
+                   tools, batch, task)
 
 
 def _response_format(value: Any) -> tuple[dict | None, SqlType | None, bool]:
@@ -161,38 +168,10 @@ def _prompt_cache_key(body: dict[str, Any]) -> str:
     return "aiquery-" + hashlib.blake2b(text.encode(), digest_size=8).hexdigest()
 
 
-def _allowed(schema: Any) -> list | None:
-    """The values a property schema allows when it lists them (`enum`), else None."""
-    enum = schema.get("enum") if isinstance(schema, dict) else None
-    return enum if isinstance(enum, list) else None
-
-
 def _check_enums(value: Any, response_format: dict[str, Any] | None) -> None:
-    """A json_schema responseFormat's top-level properties with an `enum` (or array items with one)
-    hold only the values listed: an answer (`value`, parsed) outside them is an OutputError, never
-    coerced. ai_classify and ai_analyze_sentiment rely on this."""
-    if not response_format or response_format.get("type") != "json_schema":
-        return
-    schema = (response_format.get("json_schema") or {}).get("schema")
-    properties = schema.get("properties") if isinstance(schema, dict) else None
-    if not isinstance(properties, dict):
-        return
-    answer = value
-    if not isinstance(answer, dict):
-        return
-    for name, prop in properties.items():
-        if name not in answer or not isinstance(prop, dict):
-            continue
-        got = answer[name]
-        allowed, items = _allowed(prop), _allowed(prop.get("items"))
-        if allowed is not None and got not in allowed:
-            raise OutputError(f"the answer's {name!r} is {got!r}, not one of the allowed values "
-                              f"{json.dumps(allowed, ensure_ascii=False)}")
-        if items is not None and isinstance(got, list):
-            for item in got:
-                if item not in items:
-                    raise OutputError(f"the answer's {name!r} holds {item!r}, not one of the allowed values "
-                                      f"{json.dumps(items, ensure_ascii=False)}")
+    """A json_schema responseFormat's values with an `enum` hold only the values listed."""
+    if response_format and response_format.get("type") == "json_schema":
+        check_enums(value, (response_format.get("json_schema") or {}).get("schema"))
 
 
 def _converted(value: Any, output_type: SqlType | None, options: Options) -> Any:
@@ -232,6 +211,8 @@ def _value(endpoint: Endpoint, answer: _wire.Answer, options: Options) -> Any:
     ARRAY returnType gets every choice, each converted to its element type; otherwise the first."""
     value, output_type = answer.value, options.output_type
     try:
+        if options.task is not None:  # with n > 1 choices, the first, as for other answers
+            return options.task.answer(value[0] if isinstance(value, list) else value, answer.logprobs)
         if endpoint.task == "embeddings" and (options.normalize if options.normalize is not None
                                               else endpoint.normalize):
             value = _unit(value)

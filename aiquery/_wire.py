@@ -6,7 +6,8 @@ Chat:        {"messages": [...], **params} -> choices[0].message.content (a stri
 Completions: {"prompt": "...", **params}  -> choices[0].text
 Both:        with "n" > 1, the list of every choice's answer, in choices[].index order.
 Embeddings:  {"input": [...], **params}   -> data[i].embedding, matched to inputs by data[i].index
-Custom:      {"dataframe_records": [record]} -> predictions[0]
+Custom:      {"dataframe_records": [record]} for a struct, {"inputs": [value]} for one value
+             -> predictions[0]
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ _PARAM_TYPES: dict[str, tuple[type, ...]] = {
 _RESERVED_PARAMS = {"messages": "the request argument", "prompt": "the request argument",
                     "input": "the request argument", "model": "the endpoint's model setting",
                     "stream": "ai_query, which reads whole answers", "dataframe_records": "the request argument",
+                    "inputs": "the request argument",
                     "response_format": "the responseFormat argument"}
 _TOOL_CHOICES = ("none", "auto", "required")
 TEXT_ONLY = "__aiquery_text_only"  # the task functions' mark (aiquery/sql/functions.sql): no tools
@@ -51,6 +53,7 @@ class Answer:
     attempts: int = 1      # requests it took (0: from the response cache)
     cached: bool = False
     batch_id: str | None = None  # the provider's batch that answered it (batch mode), in this run
+    logprobs: list | None = None  # chat answers asked with "logprobs": [token, logprob, bytes or None] each
 
 
 def check_model_parameters(params: Any) -> dict[str, Any]:
@@ -189,10 +192,12 @@ def embeddings_body(inputs: list[str], params: dict[str, Any]) -> dict[str, Any]
 
 
 def custom_body(request: Any, params: dict[str, Any]) -> dict[str, Any]:
-    if not isinstance(request, Mapping):
-        raise ArgumentError("request for a custom model endpoint must be a struct of model inputs, "
-                            f"e.g. named_struct('x', 1) or {{'x': 1}}, got {type(request).__name__}")
-    return {"dataframe_records": [dict(request)], **params}
+    """A struct of named inputs is one `dataframe_records` row. Any other value (a single column:
+    text, a number, a list) goes as MLflow's tensor input of one row, `{"inputs": [value]}`, which
+    MLflow serving maps onto a model's one input column."""
+    if isinstance(request, Mapping):
+        return {"dataframe_records": [dict(request)], **params}
+    return {"inputs": [request], **params}
 
 
 def prompt_text(body: Mapping[str, Any]) -> str:
@@ -324,11 +329,31 @@ def _chat_choice(choice: Mapping, endpoint: str, data: Any, tools: bool) -> Any:
     return {"content": text, "tool_calls": calls} if tools else text
 
 
+def _logprobs(choice: Mapping) -> list | None:
+    """choices[0].logprobs.content as [token, logprob, bytes] triples; None when absent or not of
+    that shape (confidence is then NULL: logprobs are an extra, not the answer)."""
+    content = choice.get("logprobs")
+    content = content.get("content") if isinstance(content, Mapping) else None
+    if not isinstance(content, list):
+        return None
+    out = []
+    for item in content:
+        token, logprob = (item.get("token"), item.get("logprob")) if isinstance(item, Mapping) else (None, None)
+        raw = item.get("bytes") if isinstance(item, Mapping) else None
+        if not isinstance(token, str) or not isinstance(logprob, (int, float)) or isinstance(logprob, bool):
+            return None
+        out.append([token, float(logprob), raw if isinstance(raw, list) else None])
+    return out
+
+
 def parse_chat(payload: bytes, endpoint: str, request: Mapping) -> Answer:
     data = _load(payload, endpoint)
     choices = _choices(data, endpoint, request)
     tools = bool(request.get("tools"))
-    return _answer([_chat_choice(c, endpoint, data, tools) for c in choices], data, choices, request)
+    answer = _answer([_chat_choice(c, endpoint, data, tools) for c in choices], data, choices, request)
+    if len(choices) == 1:
+        answer.logprobs = _logprobs(choices[0])
+    return answer
 
 
 def parse_completions(payload: bytes, endpoint: str, request: Mapping) -> Answer:

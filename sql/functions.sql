@@ -45,3 +45,20 @@ SELECT id, result.response, result.errorMessage
 FROM (SELECT id, ai_classify(review, ['fresh', 'rotten'], endpoint => 'chat', failOnError => false) AS result
       FROM reviews)
 ORDER BY id;
+
+-- Labels with descriptions, and options: a STRUCT per row with the label, its confidence (from the
+-- answer's logprobs: NULL where the endpoint gives none) and the model's rationale, asked first.
+SELECT id, judged.label, judged.confidence, judged.rationale
+FROM (SELECT id, ai_classify(review,
+                             '{"fresh": "the critic recommends the film", "rotten": "the critic does not"}',
+                             '{"confidence": true, "rationale": true}', endpoint => 'chat') AS judged
+      FROM reviews)
+ORDER BY id;
+
+-- A typed schema: each field has a SQL type of its own, in the order written; NULL for what the text lacks.
+SELECT ai_extract('Ann Lee, 41, flew from Oslo on 3 May.',
+                  '{"person": {"type": "string", "description": "the full name"},
+                    "age": {"type": "integer"},
+                    "trip": {"type": "object", "properties": {"from": "string", "month": "string"}},
+                    "mode": {"type": "enum", "labels": ["air", "rail", "road"]}}',
+                  endpoint => 'chat') AS extracted;

@@ -64,6 +64,9 @@ string value of the first record (custom models). Syntax [[name]], [[name=value]
     [[scale=X]]                 embeddings: vectors of length X instead of unit vectors (0: all zeros)
     [[call]], [[call=NAME]], [[args=TEXT]]   chat with tools: see Answers
     [[choices=N]]               chat/completions: N choices whatever "n" asked (a server that ignores n)
+    [[logprob=X]]               chat asked with "logprobs": true: every token's logprob is X (else -0.05);
+                                the content is split into tokens by TOKEN (see token_logprobs)
+    [[nologprobs]]              chat: no logprobs even when asked, as servers without them answer
   Transient faults: the fault directives (status, html, sleep, malformed, nofields, empty, reset,
   redirect) take the option times=N: only the first N arrivals of this exact raw body get the fault,
   later ones are answered as if the directive were not there ([[status=503 times=2]],
@@ -298,6 +301,22 @@ def embed(text: str, dim: int) -> list[float]:
     values = values[:dim]
     norm = math.sqrt(sum(v * v for v in values)) or 1.0
     return [v / norm for v in values]
+
+
+TOKEN = re.compile(r"\w+|\s+|[^\w\s]")
+DEFAULT_LOGPROB = -0.05
+
+
+def token_logprobs(content: str, logprob: str | None = None) -> list[dict]:
+    """OpenAI's choices[0].logprobs.content for `content`: tokens are runs of word characters,
+    runs of whitespace and single other characters; each has the same logprob ([[logprob=X]],
+    else DEFAULT_LOGPROB), so the probability of a span is exp(logprob * its tokens)."""
+    try:
+        value = DEFAULT_LOGPROB if logprob is None else float(logprob)
+    except ValueError:
+        raise BadRequest(f"bad directive: [[logprob={logprob}]]") from None
+    return [{"token": t, "logprob": value, "bytes": list(t.encode()), "top_logprobs": []}
+            for t in TOKEN.findall(content)]
 
 
 def words(text: str) -> int:
@@ -788,7 +807,10 @@ class FakeServer:
             if call is not None:
                 message = {"role": "assistant", "content": None, "tool_calls": [call]}
             finish = "tool_calls" if call is not None else directives.get("finish") or "stop"
-            choices.append({"index": i, "message": message, "finish_reason": finish})
+            choice = {"index": i, "message": message, "finish_reason": finish}
+            if body.get("logprobs") is True and "nologprobs" not in directives and call is None:
+                choice["logprobs"] = {"content": token_logprobs(text_i, directives.get("logprob"))}
+            choices.append(choice)
         return {
             "id": f"chatcmpl-{next(self._ids)}",
             "object": "chat.completion",

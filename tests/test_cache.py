@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import signal
 import sqlite3
@@ -13,11 +14,13 @@ import time
 from pathlib import Path
 
 import duckdb
+import orjson
 import pytest
 
 import aiquery
 from aiquery import _cache
 from aiquery._cli import main as cli
+from aiquery._registration import registration_of
 from conftest import CANARY_KEY
 from fakeserver import FakeServer
 
@@ -71,6 +74,27 @@ def test_the_key_covers_parameters_response_format_model_and_url(con, endpoints,
         with aiquery.connect(endpoints=moved) as con3:
             con3.sql(base.format("")).fetchall()
         assert len(elsewhere.requests) == 1
+
+
+def test_a_new_property_order_is_a_new_request_and_sorted_schemas_keep_their_old_key(con, server, cache_dir):
+    """The model sees properties in the declared order, so another order is another request. A
+    schema already in sorted order keeps the key it had when bodies were sent with sorted keys,
+    so answers cached then still count."""
+    reason_first = "SELECT ai_query('chat', 'q', responseFormat => 'STRUCT<reasoning: STRING, answer: STRING>')"
+    answer_first = "SELECT ai_query('chat', 'q', responseFormat => 'STRUCT<answer: STRING, reasoning: STRING>')"
+    for sql in (reason_first, answer_first, reason_first, answer_first):
+        con.sql(sql).fetchall()
+    assert [list(r.body["response_format"]["json_schema"]["schema"]["properties"]) for r in server.requests] == [
+        ["reasoning", "answer"], ["answer", "reasoning"]]
+    # answer_first is sorted: its key is the digest of the sorted body, the formula of earlier versions.
+    request = server.requests[1]
+    old_key = hashlib.blake2b(f"openai\0{server.openai_base}/chat/completions\0".encode(), digest_size=16)
+    old_key.update(registration_of(con)._targets["chat"].identity)  # the headers' part of the key
+    old_key.update(orjson.dumps(request.body, option=orjson.OPT_SORT_KEYS))
+    _cache.open_cache(cache_dir / _cache.FILE_NAME).flush()
+    with sqlite3.connect(cache_dir / _cache.FILE_NAME) as db:
+        keys = {row[0] for row in db.execute("SELECT key FROM responses")}
+    assert len(keys) == 2 and old_key.digest() in keys
 
 
 def test_cache_can_be_turned_off_per_call_per_endpoint_and_per_connection(endpoints, server):

@@ -91,6 +91,24 @@ def test_response_format_ddl_gives_a_typed_struct(con, server):
         assert sorted(schema["required"]) == ["label", "score", "tags"]
 
 
+def test_schema_properties_reach_the_model_in_the_declared_order(con, server):
+    """"Reason first" schemas depend on it: the body is not sent with its keys sorted."""
+    con.sql("""SELECT ai_query('chat', 'q', responseFormat => 'STRUCT<reasoning: STRING, answer: STRING,
+                                   details: STRUCT<zeta: INT, alpha: INT>>')""").fetchall()
+    json_text = '{"type": "json_schema", "json_schema": {"name": "r", "schema": {"type": "object", ' \
+                '"properties": {"why": {"type": "string"}, "verdict": {"type": "string"}}}}}'
+    con.execute("SELECT ai_query('chat', 'q', responseFormat => ?)", [json_text]).fetchall()
+    ddl, given = server.requests
+    for request, names in ((ddl, ["reasoning", "answer", "details"]), (given, ["why", "verdict"])):
+        schema = request.body["response_format"]["json_schema"]["schema"]
+        assert list(schema["properties"]) == names  # json.loads keeps the order of the bytes received
+        positions = [request.raw.index(f'"{name}":'.encode()) for name in names]
+        assert positions == sorted(positions)
+    nested = ddl.body["response_format"]["json_schema"]["schema"]["properties"]["details"]
+    assert list(nested["properties"]) == ["zeta", "alpha"] and nested["required"] == ["zeta", "alpha"]
+    assert list(ddl.body) == ["messages", "model", "response_format"]  # built order, not sorted
+
+
 def test_struct_fields_are_usable_in_sql(con):
     result = con.sql("""SELECT r.label, r.score * 2 FROM (SELECT ai_query('chat', 'x',
                         responseFormat => 'STRUCT<label: STRING, score: DOUBLE>') AS r)""").fetchall()

@@ -71,3 +71,16 @@ def test_the_installed_command_runs(config, server):
     result = subprocess.run([sys.executable, "-m", "aiquery._cli", "run", "--config", str(config), "-e",
                              "SELECT ai_query('chat', 'from a shell') AS a"], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0 and "echo: from a shell" in result.stdout
+
+
+@pytest.mark.parametrize("args", [["run", "-"], [], ["run", "--dialect", "databricks", "-"]],
+                         ids=["run -", "no command", "run --dialect databricks -"])
+def test_sql_from_standard_input(config, server, args):
+    sql = """SELECT ai_query('chat', 'from stdin ' || i) AS a FROM range(2) t(i) ORDER BY a;"""
+    if "databricks" in args:
+        sql = sql.replace("'chat'", '"chat"').replace("range(2) t(i)", "(SELECT explode(array(0, 1)) AS i)")
+    result = subprocess.run([sys.executable, "-m", "aiquery._cli", *args, "--config", str(config)], input=sql,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert "echo: from stdin 0" in result.stdout and "echo: from stdin 1" in result.stdout
+    assert len(server.requests) == 2

@@ -83,3 +83,36 @@ def test_a_token_from_a_profile_names_the_profile_on_401(server, monkeypatch, tm
             con.sql("SELECT ai_query('llm', 'hi')").fetchall()
     assert f"The key came from the token in profile [prod] in {cfg}" in str(info.value)
     assert "dapi-revoked" not in str(info.value)
+
+
+def test_a_single_column_request_to_a_custom_model_goes_as_one_row_of_inputs(con, server):
+    con.sql("CREATE TABLE t AS SELECT * FROM (VALUES (1, 'great film'), (2, 'dull')) v(id, review)")
+    rows = con.sql("""SELECT id, ai_query('db-custom', review, returnType => 'STRING') FROM t ORDER BY id""").fetchall()
+    assert rows == [(1, "great film"), (2, "dull")]  # the fake predicts its input back
+    assert sorted(server.bodies(), key=str) == [{"inputs": ["dull"]}, {"inputs": ["great film"]}]
+    assert con.sql("SELECT ai_query('db-custom', 41.5, returnType => 'DOUBLE')").fetchall() == [(41.5,)]
+    assert con.sql("SELECT ai_query('db-custom', [1, 2, 3], returnType => 'ARRAY<INT>')").fetchall() == [([1, 2, 3],)]
+    assert server.bodies()[-2:] == [{"inputs": [41.5]}, {"inputs": [[1, 2, 3]]}]
+
+
+@pytest.mark.parametrize("legacy", ["'returnType', 'STRING'", "'returntype', 'STRING'", "'RETURNTYPE', 'STRING'"])
+def test_the_legacy_positional_return_type_pair(con, server, legacy):
+    result = con.sql(f"SELECT ai_query('db-custom', 'fine', {legacy}) AS r")
+    assert result.types == ["VARCHAR"] and result.fetchall() == [("fine",)]
+    typed = con.sql("SELECT ai_query('db-custom', {'rooms': 3}, 'returnType', 'STRUCT<rooms: INT>') AS r")
+    assert typed.fetchall() == [({"rooms": 3},)]
+    assert server.bodies()[-1] == {"dataframe_records": [{"rooms": 3}]}
+
+
+def test_a_string_third_argument_that_is_not_the_legacy_pair_says_so(con, server):
+    with pytest.raises(Exception, match=r"the third argument, \"retType\", is not modelParameters .*"
+                                        r"ai_query\(endpoint, request, 'returnType', 'TYPE'\)"):
+        con.sql("SELECT ai_query('db-custom', 'x', 'retType', 'STRING')").fetchall()
+    assert server.requests == []
+
+
+def test_reading_the_legacy_pair_leaves_a_column_of_model_parameters_working(con, server):
+    rows = con.sql("""SELECT i, ai_query('chat', 'row ' || i, modelParameters => p) FROM
+                      (VALUES (1, {'max_tokens': 3}), (2, {'max_tokens': 4})) t(i, p) ORDER BY i""").fetchall()
+    assert rows == [(1, "echo: row 1"), (2, "echo: row 2")]
+    assert sorted(b["max_tokens"] for b in server.bodies()) == [3, 4]

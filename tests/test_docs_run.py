@@ -11,15 +11,20 @@ import duckdb
 import pytest
 
 import aiquery
+from aiquery._script import statements
 
 ROOT = Path(__file__).resolve().parent.parent
 SQL_FILES = sorted((ROOT / "sql").glob("*.sql"))
 
 
 def run_sql_file(path: Path, endpoints: dict) -> list[list[tuple]]:
-    """Runs every statement; returns the rows of each SELECT."""
-    with aiquery.connect(endpoints=endpoints) as con:
-        results = [(s.type, con.execute(s).fetchall()) for s in duckdb.extract_statements(path.read_text())]
+    """Runs every statement (a file that starts with `-- dialect: databricks` through that dialect,
+    task functions defaulting to the "chat" and "embed" endpoints); returns the rows of each SELECT."""
+    text = path.read_text()
+    dialect = "databricks" if text.startswith("-- dialect: databricks") else None
+    defaults = {"default_chat_endpoint": "chat", "default_embedding_endpoint": "embed"} if dialect else {}
+    with aiquery.connect(endpoints=endpoints, **defaults) as con:
+        results = [(s.type, con.execute(s).fetchall()) for s in statements(con, text, dialect)]
     return [rows for kind, rows in results if kind == duckdb.StatementType.SELECT]
 
 

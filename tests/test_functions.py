@@ -2,12 +2,14 @@
 ai_analyze_sentiment, ai_classify, ai_extract, ai_mask, ai_filter, ai_embed, ai_similarity."""
 
 import json
+import math
 
 import duckdb
 import pytest
 
 import aiquery
 from aiquery._errors import ConfigError
+from fakeserver import TOKEN
 
 CHAT = "endpoint => 'chat'"
 EMBED = "endpoint => 'embed'"
@@ -125,6 +127,128 @@ def test_multilabel_classify_gives_a_list_checked_item_by_item(con, server):
     bad = '[[reply={"labels": ["plot", "costumes"]}]]'
     result = one(con, f"ai_classify('y {bad}', ['plot', 'acting'], multilabel => true, {CHAT}, failOnError => false)")
     assert result["response"] is None and "'costumes', not one of the allowed values" in result["errorMessage"]
+
+
+# --- the newer forms: labels with descriptions, typed schemas, options
+
+def test_classify_labels_with_descriptions_from_a_json_object_or_a_map(con, server):
+    described = """'{"billing": "questions about an invoice", "outage": "the service is down", "other": ""}'"""
+    assert one(con, f"ai_classify('I was charged twice', {described}, {CHAT})") == "billing"
+    as_map = "MAP {'billing': 'questions about an invoice', 'outage': 'the service is down', 'other': ''}"
+    assert one(con, f"ai_classify('I was charged twice', {as_map}, {CHAT})") == "billing"
+    first, = server.bodies()  # the map built the very same request: answered from the cache
+    assert system_and_user(first) == ("Classify the text with one of these labels:\n- billing: questions about an "
+                                      "invoice\n- outage: the service is down\n- other", "I was charged twice")
+    assert schema_of(first)["properties"] == {"label": {"type": "string", "enum": ["billing", "outage", "other"]}}
+    assert one(con, f"""ai_classify('down again', '["billing", "outage"]', {CHAT})""") == "billing"  # a JSON list
+
+
+def test_classify_options_multilabel_and_instructions(con, server):
+    sql = f"""ai_classify('x', ['plot', 'acting'], '{{"multilabel": true, "instructions": "Reviews of films."}}', {CHAT})"""
+    assert one(con, f"typeof({sql})") == "VARCHAR[]" and one(con, sql) == ["plot"]
+    assert system_and_user(server.bodies()[0])[0] == ("Reviews of films.\n\nWhich of these labels apply to the text: "
+                                                      "plot, acting? Answer with every label that applies.")
+    assert one(con, f"ai_classify('x', ['a', 'b'], {{'multilabel': true}}, {CHAT})") == ["a"]  # a struct
+    assert one(con, f"ai_classify('x', ['a', 'b'], map(['multilabel'], ['true']), {CHAT})") == ["a"]  # a map
+    with pytest.raises(duckdb.Error, match="multilabel => false disagrees with options' multilabel"):
+        one(con, f"""ai_classify('x', ['a', 'b'], '{{"multilabel": true}}', multilabel => false, {CHAT})""")
+
+
+def test_classify_rationale_comes_first_and_confidence_comes_from_logprobs(con, server):
+    reply = '[[logprob=-0.3]] [[reply={"rationale": "it says the service is down", "label": "not urgent"}]]'
+    sql = (f"""ai_classify('down {reply}', ['urgent', 'not urgent'], """
+           f"""'{{"confidence": true, "rationale": true}}', {CHAT})""")
+    assert one(con, f"typeof({sql})") == 'STRUCT("label" VARCHAR, confidence DOUBLE, rationale VARCHAR)'
+    result = one(con, sql)
+    tokens = len(TOKEN.findall("not urgent"))  # "not", " ", "urgent"
+    assert result == {"label": "not urgent", "confidence": pytest.approx(math.exp(-0.3 * tokens)),
+                      "rationale": "it says the service is down"}
+    request = server.requests[0]
+    assert request.body["logprobs"] is True
+    assert request.raw.index(b'"rationale":') < request.raw.index(b'"label":')  # reason first, on the wire too
+    assert system_and_user(request.body)[0].endswith(" Give a short rationale first, then the label.")
+    server.reset()
+    assert one(con, sql) == result and server.requests == []  # the cached answer keeps its logprobs
+
+
+def test_confidence_is_null_where_the_endpoint_gives_no_logprobs(con, server):
+    result = one(con, f"""ai_classify('x [[nologprobs]]', ['a', 'b'], '{{"confidence": true}}', {CHAT})""")
+    assert result == {"label": "a", "confidence": None}
+    reply = '[[logprob=-1]] [[reply={"labels": ["b", "a"]}]]'
+    many = one(con, f"""ai_classify('x {reply}', ['a', 'b'], '{{"confidence": true, "multilabel": true}}', {CHAT})""")
+    assert many == [{"label": "b", "confidence": pytest.approx(math.exp(-1))},
+                    {"label": "a", "confidence": pytest.approx(math.exp(-1))}]
+
+
+def test_extract_a_typed_schema_in_declared_order_with_descriptions(con, server):
+    schema = json.dumps({"vendor": {"type": "string", "description": "who sent the invoice"},
+                         "total": {"type": "number"}, "paid": "boolean", "lines": "integer",
+                         "status": {"type": "enum", "labels": ["open", "settled"]},
+                         "address": {"type": "object", "properties": {"city": "string", "zip": "string"}},
+                         "items": {"type": "array", "items": {"type": "object",
+                                                              "properties": {"sku": "string", "qty": "integer"}}}})
+    reply = ('[[reply={"vendor": "Acme", "total": 12.5, "paid": false, "lines": null, "status": "settled", '
+             '"address": {"city": "Oslo", "zip": "0150"}, "items": [{"sku": "A1", "qty": 2}]}]]')
+    sql = f"ai_extract('Invoice from Acme {reply}', '{schema}', {CHAT})"
+    assert one(con, f"typeof({sql})") == ("STRUCT(vendor VARCHAR, total DOUBLE, paid BOOLEAN, lines BIGINT, status "
+                                          "VARCHAR, address STRUCT(city VARCHAR, zip VARCHAR), "
+                                          "items STRUCT(sku VARCHAR, qty BIGINT)[])")
+    assert server.requests == []  # the type is known while planning
+    assert one(con, sql) == {"vendor": "Acme", "total": 12.5, "paid": False, "lines": None, "status": "settled",
+                             "address": {"city": "Oslo", "zip": "0150"}, "items": [{"sku": "A1", "qty": 2}]}
+    body = server.bodies()[0]
+    sent = schema_of(body)
+    assert list(sent["properties"]) == ["vendor", "total", "paid", "lines", "status", "address", "items"]
+    assert sent["properties"]["vendor"] == {"type": ["string", "null"], "description": "who sent the invoice"}
+    assert sent["properties"]["status"] == {"type": ["string", "null"], "enum": ["open", "settled", None]}
+    assert sent["properties"]["items"]["items"]["required"] == ["sku", "qty"]
+    assert system_and_user(body)[0] == ("Extract these fields from the text:\n- vendor: who sent the invoice\n"
+                                        "- total\n- paid\n- lines\n- status\n- address\n- items\n"
+                                        "Answer null for any field the text does not give.")
+    bad = '[[reply={"vendor": "Acme", "total": 1, "paid": true, "lines": 1, "status": "lost", ' \
+          '"address": {"city": "", "zip": ""}, "items": []}]]'
+    with pytest.raises(duckdb.Error, match=r"the answer's 'status' is 'lost', not one of the allowed values"):
+        one(con, f"ai_extract('x {bad}', '{schema}', {CHAT})")
+
+
+def test_extract_a_json_schema_and_the_options(con, server):
+    schema = json.dumps({"type": "object", "properties": {"person": {"type": "string"}, "age": {"type": "integer"}}})
+    reply = ('[[logprob=-0.1]] [[reply={"person": {"value": "Ann Lee", "citation": "Ann Lee"}, '
+             '"age": {"value": 41, "citation": "41 years"}}]]')
+    options = '{"confidence": true, "citations": true, "instructions": "Text from a register."}'
+    sql = f"ai_extract('Ann Lee, 41 years {reply}', '{schema}', '{options}', {CHAT})"
+    assert one(con, f"typeof({sql})") == ('STRUCT(person STRUCT("value" VARCHAR, confidence DOUBLE, citation VARCHAR), '
+                                          'age STRUCT("value" BIGINT, confidence DOUBLE, citation VARCHAR))')
+    assert one(con, sql) == {
+        "person": {"value": "Ann Lee", "confidence": pytest.approx(math.exp(-0.1 * 3)), "citation": "Ann Lee"},
+        "age": {"value": 41, "confidence": pytest.approx(math.exp(-0.1)), "citation": "41 years"}}
+    body = server.bodies()[0]
+    assert body["logprobs"] is True and system_and_user(body)[0].startswith("Text from a register.\n\nExtract")
+    assert schema_of(body)["properties"]["age"]["properties"] == {"value": {"type": ["integer", "null"]},
+                                                                  "citation": {"type": ["string", "null"]}}
+    plain = '[[logprob=-0.2]] [[reply={"person": "Ann Lee", "age": "41"}]]'
+    fields = one(con, f"""ai_extract('Ann {plain}', ['person', 'age'], '{{"confidence": true}}', {CHAT})""")
+    assert fields == {"person": {"value": "Ann Lee", "confidence": pytest.approx(math.exp(-0.2 * 3))},
+                      "age": {"value": "41", "confidence": pytest.approx(math.exp(-0.2))}}
+
+
+@pytest.mark.parametrize("sql, error", [
+    ("ai_classify('x', ['a', 'b'], '{\"multilable\": true}')", "unknown option 'multilable'; did you mean 'multilabel'"),
+    ("ai_classify('x', ['a', 'b'], '{\"confidence\": \"yes\"}')", "option 'confidence' must be true or false"),
+    ("ai_classify('x', 'a, b')", "labels must be a list such as"),
+    ("ai_classify('x', ['a', 'a'])", "labels repeat a label"),
+    ("ai_classify('x', '{\"a\": 3}')", "the description of label 'a' must be a string"),
+    ("ai_extract('x', '{\"n\": \"date\"}')", "field 'n' has type 'date'; the types are string, integer"),
+    ("ai_extract('x', '{\"n\": {\"type\": \"array\"}}')", "array field 'n' needs \"items\""),
+    ("ai_extract('x', '{\"s\": {\"type\": \"enum\"}}')", "enum field 's' needs \"labels\""),
+    ("ai_extract('x', '{\"a(b\": \"string\"}')", "field names 'a\\(b' contains \\(, which names may not"),
+    ("ai_extract('x', '{}')", "the schema needs fields"),
+    ("ai_extract('x', ['n'], '{\"citation\": true}')", "unknown option 'citation'; did you mean 'citations'"),
+])
+def test_bad_labels_schemas_and_options_fail_while_planning_with_the_reason(con, server, sql, error):
+    with pytest.raises(duckdb.Error, match=error):
+        con.sql(f"DESCRIBE SELECT {sql[:-1]}, {CHAT})")
+    assert server.requests == []
 
 
 # --- extract, filter
@@ -256,6 +380,29 @@ def test_default_endpoints_come_from_the_config_file(endpoints, server, tmp_path
         assert one(con, "ai_similarity('a', 'a')") == pytest.approx(1.0, abs=1e-5)
     assert [b["model"] for b in server.bodies("/chat/completions")] == ["fake-chat", "fake-chat"]
     assert server.bodies("/embeddings")[0]["model"] == "fake-embed"
+
+
+def test_default_endpoints_can_be_given_to_connect_and_register_and_win_over_the_file(endpoints, server, tmp_path):
+    path = config_file(tmp_path, endpoints, default_chat_endpoint="chat")
+    with aiquery.connect(endpoints=endpoints, default_chat_endpoint="db-chat",
+                         default_embedding_endpoint="embed") as con:
+        assert one(con, "ai_gen('hi')") == "echo: hi"
+        assert one(con, "ai_similarity('a', 'a')") == pytest.approx(1.0, abs=1e-5)
+        with con.cursor() as cursor:  # a cursor's macros have the same defaults
+            assert one(cursor, "ai_classify('x', ['a', 'b'])") == "a"
+    assert [r.path for r in server.requests] == [
+        "/serving-endpoints/databricks-llama/invocations", "/v1/embeddings",
+        "/serving-endpoints/databricks-llama/invocations"]
+    server.reset()
+    con = duckdb.connect()
+    aiquery.register(con, config=path, default_embedding_endpoint="embed")
+    assert one(con, "ai_gen('hi')") == "echo: hi" and one(con, "len(ai_embed('x'))") == 8
+    assert [r.body["model"] for r in server.requests] == ["fake-chat", "fake-embed"]  # the file's chat default
+    con.close()
+    with pytest.raises(ConfigError, match="default_chat_endpoint = 'embed' names a embeddings endpoint"):
+        aiquery.connect(endpoints=endpoints, default_chat_endpoint="embed")
+    with pytest.raises(ConfigError, match="default_embedding_endpoint must be the name of an endpoint, got 7"):
+        aiquery.connect(endpoints=endpoints, default_embedding_endpoint=7)
 
 
 def test_default_endpoints_are_the_built_in_models_otherwise(con):

@@ -7,7 +7,7 @@ def test_public_names():
     assert sorted(aiquery.__all__) == sorted([
         "AIQueryError", "AiohttpTransport", "ArgumentError", "BatchError", "CacheWarning", "ConfigError", "Endpoint", "Engine", "HTTPStatusError",
         "HttpxTransport", "OutputError", "QueryInterrupted", "RequestError", "ResponseError", "TransportError", "UnknownEndpointError",
-        "connect", "estimate", "explain", "register",
+        "connect", "estimate", "explain", "hint", "register", "sql", "translate",
     ])
     assert all(hasattr(aiquery, name) for name in aiquery.__all__)
 

@@ -1,18 +1,19 @@
 -- The AI Functions family (Databricks' task functions), each a macro over ai_query.
 --
 -- Every function takes endpoint, modelParameters and failOnError like ai_query. The endpoint
--- defaults to default_chat_endpoint / default_embedding_endpoint of the config file, else
--- local-chat / local-embed (ai_classify: local-classify): $DEFAULT_CHAT_ENDPOINT,
+-- defaults to the default_chat_endpoint / default_embedding_endpoint given to connect() or the
+-- config file, else local-chat / local-embed (ai_classify: local-classify): $DEFAULT_CHAT_ENDPOINT,
 -- $DEFAULT_CLASSIFY_ENDPOINT and $DEFAULT_EMBEDDING_ENDPOINT are filled in at registration
 -- (aiquery/_registration.py).
 --
 -- Chat functions send two messages: the instruction (system) and the text (user), so the text
--- is never read as part of the instruction. Every prompt of the family is in this file.
+-- is never read as part of the instruction. Every prompt of the family is in this file, except
+-- those of ai_classify and ai_extract, which Python builds from their labels and schemas.
 -- A NULL text gives NULL and sends nothing (|| and the CASE below keep NULL NULL).
 --
 -- failOnError => false gives ai_query's STRUCT(response <the function's type>, errorMessage VARCHAR).
 --
--- Functions whose answer is a field of a JSON answer (ai_analyze_sentiment, ai_classify, ai_filter)
+-- Functions whose answer is a field of a JSON answer (ai_analyze_sentiment, ai_filter)
 -- ask ai_query for a STRUCT (returnType) and take the field out with __aiquery_field, which goes
 -- through JSON because the STRUCT is the answer itself or sits under `response`, by failOnError.
 -- No statement here may hold a semicolon, even in a comment: the file is split on them.
@@ -93,38 +94,40 @@ __aiquery_field(
              returnType := 'STRUCT(sentiment VARCHAR)'),
     'sentiment', failOnError, '"VARCHAR"');
 
--- One of labels (a constant list), or with multilabel => true the list of those that apply (at most
--- len(labels) items: maxItems keeps a small model from repeating a label until max_tokens).
--- An answer outside labels is an error for its row, never coerced.
-CREATE OR REPLACE TEMP MACRO ai_classify(content, labels, multilabel := false, endpoint := $DEFAULT_CLASSIFY_ENDPOINT,
-                                         modelParameters := NULL, failOnError := true) AS
-__aiquery_field(
-    ai_query(endpoint,
-             __aiquery_messages(CASE WHEN multilabel
-                                     THEN 'Which of these labels apply to the text: '
-                                          || array_to_string(labels, ', ') || '? Answer with every label that applies.'
-                                     ELSE 'Classify the text with one of these labels: '
-                                          || array_to_string(labels, ', ') || '.' END,
-                                content),
-             modelParameters := __aiquery_text_only(modelParameters), failOnError := failOnError,
-             responseFormat := CASE WHEN multilabel
-                                    THEN __aiquery_schema_format('labels', json_object('type', 'array', 'items',
-                                                                 json_object('type', 'string', 'enum', labels),
-                                                                 'maxItems', len(labels)))
-                                    ELSE __aiquery_schema_format('label', json_object('type', 'string', 'enum', labels))
-                               END,
-             returnType := CASE WHEN multilabel THEN 'STRUCT(labels VARCHAR[])' ELSE 'STRUCT(label VARCHAR)' END),
-    CASE WHEN multilabel THEN 'labels' ELSE 'label' END, failOnError,
-    CASE WHEN multilabel THEN '["VARCHAR"]' ELSE '"VARCHAR"' END);
+-- ai_classify and ai_extract build their prompt, schema and type in aiquery/_tasks.py (prompts
+-- included): $TASK_UDF is a Python function without side effects, which DuckDB runs while
+-- planning since its arguments are constants, and __task has the UDF reshape each answer.
+CREATE OR REPLACE TEMP MACRO __aiquery_task_part(kind, labels, options, multilabel, part) AS
+$TASK_UDF(kind, to_json(labels)::VARCHAR, to_json(options)::VARCHAR, to_json(multilabel)::VARCHAR, part);
 
--- A STRUCT with one VARCHAR field per label (a constant list), named after the labels.
-CREATE OR REPLACE TEMP MACRO ai_extract(content, labels, endpoint := $DEFAULT_CHAT_ENDPOINT, modelParameters := NULL,
-                                        failOnError := true) AS
+CREATE OR REPLACE TEMP MACRO __aiquery_task(kind, labels, options, multilabel) AS
+{'kind': kind, 'labels': to_json(labels)::VARCHAR, 'options': to_json(options)::VARCHAR,
+ 'multilabel': to_json(multilabel)::VARCHAR};
+
+-- One of labels, or with multilabel the list of those that apply. labels: a constant list, or a JSON
+-- object (or MAP) of label to description. options: a JSON object, struct or map of multilabel,
+-- instructions, confidence, rationale. An answer outside labels is an error for its row, never coerced.
+CREATE OR REPLACE TEMP MACRO ai_classify(content, labels, options := NULL, multilabel := NULL,
+                                         endpoint := $DEFAULT_CLASSIFY_ENDPOINT, modelParameters := NULL,
+                                         failOnError := true) AS
 ai_query(endpoint,
-         __aiquery_messages('Extract the ' || array_to_string(labels, ', ')
-                            || ' from the text. Answer with an empty string for any not in the text.', content),
+         __aiquery_messages(__aiquery_task_part('classify', labels, options, multilabel, 'instruction'), content),
          modelParameters := __aiquery_text_only(modelParameters), failOnError := failOnError,
-         responseFormat := 'STRUCT<`' || array_to_string(labels, '`: STRING, `') || '`: STRING>');
+         responseFormat := __aiquery_task_part('classify', labels, options, multilabel, 'format'),
+         returnType := __aiquery_task_part('classify', labels, options, multilabel, 'type'),
+         __task := __aiquery_task('classify', labels, options, multilabel));
+
+-- A STRUCT of what the text says. schema: a constant list of names (one VARCHAR field each), or a
+-- JSON object of field name to type (string, integer, number, boolean, enum, object, array) with
+-- descriptions. options: instructions, confidence, citations.
+CREATE OR REPLACE TEMP MACRO ai_extract(content, schema, options := NULL, endpoint := $DEFAULT_CHAT_ENDPOINT,
+                                        modelParameters := NULL, failOnError := true) AS
+ai_query(endpoint,
+         __aiquery_messages(__aiquery_task_part('extract', schema, options, NULL, 'instruction'), content),
+         modelParameters := __aiquery_text_only(modelParameters), failOnError := failOnError,
+         responseFormat := __aiquery_task_part('extract', schema, options, NULL, 'format'),
+         returnType := __aiquery_task_part('extract', schema, options, NULL, 'type'),
+         __task := __aiquery_task('extract', schema, options, NULL));
 
 CREATE OR REPLACE TEMP MACRO ai_mask(content, labels, endpoint := $DEFAULT_CHAT_ENDPOINT, modelParameters := NULL,
                                      failOnError := true) AS
