@@ -43,16 +43,16 @@ def install(con: duckdb.DuckDBPyConnection, registration: Registration, names: M
 
     def many(kinds: pa.Array, endpoints: pa.Array, values: pa.Array, args: pa.Array, options: pa.Array,
              statements: pa.Array, txids: pa.Array, contexts: pa.Array) -> pa.Array:
-        step = Step(manyrow, contexts[0].as_py(), statements[0].as_py(), txids[0].as_py())
-        answers = _KINDS[kinds[0].as_py()](step, endpoints[0].as_py(), values.to_pylist(),
-                                           [orjson.loads(a) for a in args.to_pylist()], options.to_pylist())
+        with Step(manyrow, contexts[0].as_py(), statements[0].as_py(), txids[0].as_py()) as step:
+            answers = _KINDS[kinds[0].as_py()](step, endpoints[0].as_py(), values.to_pylist(),
+                                               [orjson.loads(a) for a in args.to_pylist()], options.to_pylist())
         return pa.array(answers, type=pa.string())
 
     def cascade(endpoints: pa.Array, texts: pa.Array, requests: pa.Array, options: pa.Array, args: pa.Array,
                 statements: pa.Array, txids: pa.Array, contexts: pa.Array) -> pa.Array:
-        step = Step(manyrow, contexts[0].as_py(), statements[0].as_py(), txids[0].as_py())
-        answers = cascades.run(step, endpoints[0].as_py(), texts.to_pylist(), requests.to_pylist(),
-                               options.to_pylist(), args.to_pylist())
+        with Step(manyrow, contexts[0].as_py(), statements[0].as_py(), txids[0].as_py()) as step:
+            answers = cascades.run(step, endpoints[0].as_py(), texts.to_pylist(), requests.to_pylist(),
+                                   options.to_pylist(), args.to_pylist())
         return pa.array(answers, type=pa.string())
 
     text, big = sqltypes.VARCHAR, sqltypes.UBIGINT

@@ -94,13 +94,21 @@ class ManyRow:
 
 class Step:
     """One UDF call's requests: built through the registration (so each is the call ai_query would
-    make), sent through the engine in rounds, or counted while estimating."""
+    make), sent through the engine in rounds, or counted while estimating. Used as a context manager
+    around the UDF call: the query counts as inside a call of its UDF until the block ends."""
 
     def __init__(self, manyrow: ManyRow, context: int, statement: str, txid: int) -> None:
         self.manyrow = manyrow
         self.registration = manyrow.registration
         self.context, self.statement, self.txid = context, statement, txid
         self.query: Query | None = None
+
+    def __enter__(self) -> Step:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.query is not None:
+            self.query.leave()
 
     @property
     def estimating(self) -> bool:
@@ -126,8 +134,7 @@ class Step:
             self.registration.estimator.add(list(calls))
             return [None] * len(calls)
         engine, query = self.registration.engine, self.current_query()
-        with query.udf_call():
-            answers = engine.run(calls, fail_fast=fail_fast, query=query)
+        answers = engine.run(calls, fail_fast=fail_fast, query=query)
         if fail_fast:
             error = next((a for a in answers if isinstance(a, AIQueryError)), None)
             if error is not None:
@@ -143,7 +150,8 @@ class Step:
         return answers
 
     def current_query(self) -> Query:
-        """The engine's record of the query (its usage figures); reading ahead does not apply here."""
+        """The engine's record of the query (its usage figures), entered until the block ends;
+        reading ahead does not apply here."""
         if self.query is None:
             self.query = self.registration.start_query(self.context, self.statement, self.txid, 0)
         return self.query

@@ -19,7 +19,7 @@ CREATE OR REPLACE TEMP MACRO ai_agg(expr, instruction, endpoint := $DEFAULT_CHAT
                                    failOnError := true) AS
 __aiquery_many_answer(
     $MANY_UDF('agg', endpoint, list(expr::VARCHAR), to_json({'function': 'ai_agg', 'instruction': instruction}),
-                   __aiquery_options(modelParameters, failOnError, NULL, NULL, NULL, false, NULL, NULL),
+                   __aiquery_options(modelParameters, failOnError, NULL, NULL, NULL, false, NULL, NULL, NULL),
                    current_query(), txid_current(), $CONTEXT),
     failOnError, '"VARCHAR"');
 
@@ -28,7 +28,7 @@ CREATE OR REPLACE TEMP MACRO ai_summarize_agg(expr, endpoint := $DEFAULT_CHAT_EN
 __aiquery_many_answer(
     $MANY_UDF('agg', endpoint, list(expr::VARCHAR),
                    to_json({'function': 'ai_summarize_agg', 'instruction': 'Summarize the rows in one paragraph.'}),
-                   __aiquery_options(modelParameters, failOnError, NULL, NULL, NULL, false, NULL, NULL),
+                   __aiquery_options(modelParameters, failOnError, NULL, NULL, NULL, false, NULL, NULL, NULL),
                    current_query(), txid_current(), $CONTEXT),
     failOnError, '"VARCHAR"');
 
@@ -42,7 +42,7 @@ __aiquery_many_answer(
     $MANY_UDF('top_k', endpoint, list(expr::VARCHAR),
                    to_json({'query': query, 'k': k, 'rerank': rerank, 'candidates': candidates,
                             'embedding_endpoint': embedding_endpoint}),
-                   __aiquery_options(modelParameters, failOnError, NULL, NULL, NULL, false, NULL, NULL),
+                   __aiquery_options(modelParameters, failOnError, NULL, NULL, NULL, false, NULL, NULL, NULL),
                    current_query(), txid_current(), $CONTEXT),
     failOnError, '["VARCHAR"]');
 
@@ -63,7 +63,7 @@ FROM (SELECT unnest(json_transform_strict(
                                   'embedding_endpoint': embedding_endpoint,
                                   'right': (SELECT list(DISTINCT struct_extract(__aiquery_t, right_column)::VARCHAR)
                                             FROM query_table(right_table) __aiquery_t)}),
-                         __aiquery_options(modelParameters, true, NULL, NULL, NULL, false, NULL, NULL),
+                         __aiquery_options(modelParameters, true, NULL, NULL, NULL, false, NULL, NULL, NULL),
                          current_query(), txid_current(), $CONTEXT),
           '[{"__aiquery_left": "VARCHAR", "__aiquery_right": "VARCHAR"}]'), recursive := true)) AS __aiquery_p
 JOIN query_table(left_table) __aiquery_l
@@ -80,7 +80,7 @@ CREATE OR REPLACE TEMP MACRO ai_filter_cascade(content, condition, target := 0.9
 __aiquery_many_answer(
     list_transform([content::VARCHAR], lambda c: $CASCADE_UDF(
         endpoint, c, to_json(__aiquery_messages('Is this true of the text: ' || condition || '?', c)),
-        __aiquery_options(modelParameters, failOnError, 'STRUCT<result: BOOLEAN>', NULL, NULL, false, NULL, NULL),
+        __aiquery_options(modelParameters, failOnError, 'STRUCT<result: BOOLEAN>', NULL, NULL, false, NULL, NULL, NULL),
         to_json({'function': 'ai_filter_cascade', 'field': 'result', 'choices': [true, false],
                  'target': target, 'sample': sample, 'proxy': proxy}),
         current_query(), txid_current(), $CONTEXT))[1],
@@ -98,7 +98,7 @@ __aiquery_many_answer(
                                    || array_to_string(labels, ', ') || '.', c)),
         __aiquery_options(modelParameters, failOnError,
                           __aiquery_schema_format('label', json_object('type', 'string', 'enum', labels)), NULL, NULL,
-                          false, NULL, NULL),
+                          false, NULL, NULL, NULL),
         to_json({'function': 'ai_classify_cascade', 'field': 'label', 'choices': labels,
                  'target': target, 'sample': sample, 'proxy': proxy}),
         current_query(), txid_current(), $CONTEXT))[1],
