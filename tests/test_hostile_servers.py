@@ -303,6 +303,33 @@ def test_an_echoed_key_is_redacted_from_errors_rows_and_tables(connect, transpor
         assert "[REDACTED]" in str(stored)
 
 
+def test_an_echoed_oauth_token_is_redacted_too(engines, monkeypatch, tmp_path):
+    token = "eyJ-oauth-token-4c1d9e7f"  # issued by the server: aiquery knows it only from the headers it sends
+
+    async def respond(request, writer):
+        if request.target == "/oidc/v1/token":
+            writer.write(json_response(200, {"access_token": token, "token_type": "Bearer", "expires_in": 3600}))
+        else:
+            echo = request.headers.get("authorization", "")
+            writer.write(json_response(400, {"error_code": "BAD_REQUEST", "message": f"cannot use {echo}"}))
+
+    monkeypatch.setenv("DATABRICKS_CLIENT_ID", "client-1")
+    monkeypatch.setenv("DATABRICKS_CLIENT_SECRET", "dose-client-secret-1")
+    monkeypatch.setenv("DATABRICKS_CONFIG_FILE", str(tmp_path / "none"))
+    for name in ("DATABRICKS_TOKEN", "DATABRICKS_HOST"):
+        monkeypatch.delenv(name, raising=False)
+    engine = aiquery.Engine()
+    engines.append(engine)
+    with HostileServer(respond) as server:
+        con = aiquery.connect(engine=engine, endpoints={"db": {
+            "provider": "databricks", "host": server.url, "model": "m", "auth_type": "oauth-m2m",
+            "max_attempts": 1}})
+        message = error_of(con, "bad", endpoint="db")
+        sent = [r.headers.get("authorization") for r in server.requests if r.target != "/oidc/v1/token"]
+    assert sent == [f"Bearer {token}"]
+    assert "HTTP 400" in message and "cannot use Bearer [REDACTED]" in message and token not in message
+
+
 def test_an_echoed_key_is_redacted_from_the_cli(tmp_path, monkeypatch):
     with HostileServer(_echoes("error body")) as server:
         config = tmp_path / "aiquery.toml"
