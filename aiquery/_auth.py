@@ -43,6 +43,7 @@ from urllib.parse import urlsplit
 
 from ._errors import AIQueryError, ConfigError, HTTPStatusError, RequestError, ResponseError, TransportError
 from ._retry import is_retryable_status, parse_retry_after
+from ._scrub import shorten
 
 BUILT_IN_TYPES = ("pat", "oauth-m2m")
 SDK = "databricks-sdk"  # auth_type: let databricks-sdk's default chain choose
@@ -325,12 +326,12 @@ class ClientCredentials(TokenSource):
                                  retryable=True) from None
         try:
             data = json.loads(response.body)
-        except ValueError:
+        except (ValueError, RecursionError):  # not JSON, or nested too deep for json.loads
             data = None
         data = data if isinstance(data, dict) else {}
         if not 200 <= response.status < 300:
             parts = [data.get("error") or data.get("error_code"), data.get("error_description") or data.get("message")]
-            text = ": ".join(str(x) for x in parts if x)
+            text = shorten(": ".join(str(x) for x in parts if x))  # a server's text: printable, a few hundred chars
             advice = {401: "check that the secret is current (OAuth secrets expire) and belongs to this client id",
                       400: "check that the secret is current (OAuth secrets expire) and belongs to this client id",
                       403: "check that the service principal belongs to this workspace",

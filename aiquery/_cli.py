@@ -42,6 +42,7 @@ from ._readahead import explain
 from ._progress import interactive
 from ._registration import connect, registration_of
 from ._shell import Shell
+from ._scrub import printable, safe_url
 from ._types import sql_string
 from ._usage import price_of
 
@@ -150,9 +151,9 @@ def endpoint_rows(endpoints: dict) -> list[tuple]:
         if e.provider == "local":
             url = f"local://{e.model} (in this process)"
         elif e.provider == "databricks":
-            url = e.host or "$DATABRICKS_HOST"
+            url = safe_url(e.host) if e.host else "$DATABRICKS_HOST"
         else:
-            url = e.base_url or OPENAI_BASE_URL
+            url = safe_url(e.base_url or OPENAI_BASE_URL)
         rows.append((name, e.task, e.provider, e.model or "", url, e.source))
     return rows
 
@@ -351,7 +352,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.handler(args)
     except (AIQueryError, duckdb.Error, OSError) as exc:
-        print(f"aiquery: {exc}", file=sys.stderr)
+        print(f"aiquery: {printable(str(exc))}", file=sys.stderr)  # no terminal controls a server sent
         return 1
 
 

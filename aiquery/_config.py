@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from ._errors import ConfigError
+from ._scrub import SECRET_HEADER
 from ._usage import Price
 
 TASKS = ("chat", "completions", "embeddings", "custom")
@@ -46,6 +48,9 @@ BATCH_LOOKAHEAD = 50_000            # rows a batch-mode query reads ahead of Duc
 # tokens): shorter prompts gain little from a provider's prefix cache (OpenAI's starts at 1,024 tokens).
 PREFIX_CHARS = 1024
 DEFAULT_CONTEXT_TOKENS = 8192      # a request's prompt and answer: ai_agg, ai_top_k and ai_join split to fit
+# Bytes of one response body, read and (for gzip/deflate) decompressed: a chat answer is a few KB,
+# 64 embeddings of 3,072 dimensions about 4 MB; a body that grows past this is refused.
+DEFAULT_MAX_RESPONSE_BYTES = 64 << 20
 CONFIG_FILE_NAME = "aiquery.toml"
 BUILT_IN = "built-in"
 # Endpoints every connection has unless settings use these names: models shipped in packages, run
@@ -62,6 +67,7 @@ BUILTIN_ENDPOINTS = {
                        "max_concurrency": 2, "timeout": 600.0, "lookahead": 2048},
 }
 CONFIG_ENV = "AIQUERY_CONFIG"
+_HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # an HTTP token (RFC 9110)
 
 
 @dataclass(frozen=True)
@@ -73,6 +79,8 @@ class Endpoint:
     base_url: str | None = None      # openai: the server's base URL ("http://host:port/v1")
     model: str | None = None         # openai: the body's "model"; databricks: the serving endpoint's name
     api_key_env: str | None = None   # name of the environment variable holding the key
+    api_key_header: str | None = None  # send the key in this header, as it is ("api-key" for Azure OpenAI);
+                                       # unset: "Authorization: Bearer KEY"
     host: str | None = None          # databricks: workspace URL (else DATABRICKS_HOST or ~/.databrickscfg)
     profile: str | None = None       # databricks: ~/.databrickscfg profile (else DATABRICKS_CONFIG_PROFILE)
     auth_type: str | None = None     # databricks: pat | oauth-m2m | databricks-sdk | any databricks-sdk auth type
@@ -88,6 +96,7 @@ class Endpoint:
     tokens_per_minute: int | None = None
     lookahead: int = DEFAULT_LOOKAHEAD   # 0 turns reading ahead of DuckDB off
     context_tokens: int = DEFAULT_CONTEXT_TOKENS  # the model's context: many-row functions split to fit it
+    max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES  # a longer response body fails its row(s)
     cache: bool = True               # keep answers in the response cache (off e.g. for sampling at temperature > 0)
     normalize: bool = False          # embeddings: scale each vector to unit length
     batch: bool = False              # send through the provider's batch API (half price, answers within 24 h)
@@ -114,7 +123,7 @@ class Endpoint:
         if self.provider not in PROVIDERS:
             raise ConfigError(f"{where}: provider {self.provider!r} is not one of {', '.join(PROVIDERS)}")
         for setting in ("max_concurrency", "batch_size", "max_attempts", "batch_max_requests", "batch_max_bytes",
-                        "context_tokens"):
+                        "context_tokens", "max_response_bytes"):
             value = getattr(self, setting)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ConfigError(f"{where}: {setting} must be a positive integer, got {value!r}")
@@ -165,6 +174,21 @@ class Endpoint:
             value = getattr(self, setting)
             if value is not None and (not isinstance(value, str) or not value):
                 raise ConfigError(f"{where}: {setting} must be a non-empty string, got {value!r}")
+        if self.api_key_header is not None and not (isinstance(self.api_key_header, str)
+                                                    and _HEADER_NAME.fullmatch(self.api_key_header)):
+            raise ConfigError(f"{where}: api_key_header must be an HTTP header name like 'api-key', "
+                              f"got {self.api_key_header!r}")
+        if self.api_key_header is not None and self.provider != "openai":
+            raise ConfigError(f"{where}: api_key_header applies to provider = 'openai' only")
+        if not isinstance(self.headers, Mapping) or not all(
+                isinstance(k, str) and _HEADER_NAME.fullmatch(k) and isinstance(v, str) and "\n" not in v
+                and "\r" not in v for k, v in self.headers.items()):
+            raise ConfigError(f"{where}: headers must map header names to one-line strings "
+                              f"(header names: {list(self.headers) if isinstance(self.headers, Mapping) else '?'})")
+        if self.source not in ("python", BUILT_IN) and any(SECRET_HEADER.search(k) for k in self.headers):
+            raise ConfigError(f"{where} ({self.source}): never put a key in headers; export it in an environment "
+                              "variable, name that variable with api_key_env, and name the header with "
+                              "api_key_header")
 
     @property
     def key_env(self) -> str | None:

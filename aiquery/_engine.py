@@ -35,10 +35,11 @@ from . import _wire
 from ._config import PREFIX_CHARS, Endpoint
 from ._batch import BatchDispatcher
 from ._cache import ResponseCache
-from ._errors import AIQueryError, BudgetExceeded, HTTPStatusError, QueryInterrupted, ResponseError
+from ._errors import AIQueryError, BudgetExceeded, HTTPStatusError, QueryInterrupted, RequestError, ResponseError
 from ._limits import EndpointLimits, estimate_tokens
 from ._providers import Target
 from ._retry import is_retryable_status, parse_retry_after, should_retry, wait_after
+from ._scrub import Secrets, printable, shorten
 from ._usage import QUERY_HISTORY, Price, Usage
 from ._http_process import ProcessTransport
 from ._local import SCHEME as LOCAL_SCHEME, LocalTransport
@@ -307,6 +308,7 @@ class Engine:
                                            (self._transport, self._local, self._batches))
         self._queries_lock = threading.RLock()  # the SIGINT handler takes it on whatever thread it interrupts
         self._token_sources: dict[tuple, Any] = {}  # credentials identity -> its TokenSource (aiquery/_auth.py)
+        self._token_secrets: dict[int, tuple[dict, Secrets]] = {}  # id(headers) -> (headers, their secrets)
         self._token_lock = threading.Lock()
         self._query_numbers = itertools.count(1)
         self._finished: collections.deque = collections.deque(maxlen=QUERY_HISTORY)  # for aiquery_query_usage()
@@ -351,6 +353,18 @@ class Engine:
         for other in ended:
             self.end_query(other)
         return query, first
+
+    def _secrets(self, target: Target, headers: dict[str, str]) -> Secrets:
+        """What to redact from the answer to a request sent with `headers`: the target's secrets, or,
+        for a token from its auth (a new headers dict for each token), those of these headers."""
+        if headers is target.headers:
+            return target.secrets
+        known = self._token_secrets.get(id(headers))
+        if known is None or known[0] is not headers:
+            if len(self._token_secrets) > 64:  # tokens of the past: their dicts are gone or unused
+                self._token_secrets.clear()
+            known = self._token_secrets[id(headers)] = (headers, Secrets.of(None, headers, target.url))
+        return known[1]
 
     def shared_auth(self, target: Target) -> Target:
         """`target` with this engine's token source for its credentials: every connection and query
@@ -721,7 +735,14 @@ class Engine:
                         continue
                 if not work.finished:
                     work.worker = asyncio.current_task()
-                    await self._attempt(rt, work)
+                    try:
+                        await self._attempt(rt, work)
+                    except Exception as exc:  # noqa: BLE001 - a bug of ours: its rows fail, the worker goes on
+                        target = work.call.target
+                        error = _reported(exc, work.call.endpoint, target.url, target.secrets, None)
+                        for usage in self._usages(rt, work.query):
+                            usage.fail(len(work.keys), error)
+                        self._settle(work, [error] * len(work.keys))
                     work.worker = None
                     if rt.queue and rt.workers < int(rt.limits.concurrency.limit):
                         self._pump(rt)  # the limit grew (slow start, probing): use the new room
@@ -755,19 +776,26 @@ class Engine:
             usage.requests += 1
         ticket = limits.concurrency.start(retry=work.attempts > 0)
         status = None
+        secrets = target.secrets
         try:
             transport = self._local if target.url.startswith(LOCAL_SCHEME + ":") else self._transport
             headers = target.headers if target.auth is None else await target.auth.headers(self._transport)
+            secrets = self._secrets(target, headers)
             started = time.monotonic()
-            response = await transport.post(target.url, headers, payload, endpoint.timeout, endpoint.name)
+            response = await transport.post(target.url, headers, payload, endpoint.timeout, endpoint.name,
+                                            endpoint.max_response_bytes)
             for _ in range(AUTH_RESENDS if target.auth is not None else 0):
                 if response.status != 401 or not await target.auth.refused(headers, self._transport):
                     break
                 headers = await target.auth.headers(self._transport)  # a newer token: send once more
+                secrets = self._secrets(target, headers)
                 for usage in usages:
                     usage.requests += 1
                     usage.retries += 1
-                response = await transport.post(target.url, headers, payload, endpoint.timeout, endpoint.name)
+                response = await transport.post(target.url, headers, payload, endpoint.timeout, endpoint.name,
+                                                endpoint.max_response_bytes)
+            if secrets:
+                response = _without_secrets(response, secrets)
             status = response.status
             if not 200 <= status < 300:
                 raise _status_error(endpoint, target, response)
@@ -782,7 +810,8 @@ class Engine:
                 answer.attempts = work.attempts + 1
             for usage in usages:
                 usage.answer(len(answers), tokens, time.monotonic() - started)
-        except AIQueryError as exc:
+        except Exception as exc:  # noqa: BLE001 - whatever goes wrong fails this request's rows, nothing else
+            exc = _reported(exc, endpoint, target.url, secrets, status)
             work.attempts += 1
             now = time.monotonic()
             work.first_failure = work.first_failure or now
@@ -895,6 +924,29 @@ def _shutdown(queries: dict[tuple, Query], loop_thread: _LoopThread, transports:
     loop_thread.stop(transports)
 
 
+def _without_secrets(response: Response, secrets: Secrets) -> Response:
+    """A server may echo the key anywhere (the answer, an error body, a Location): redacted before
+    anything reads it. The same response when it holds none."""
+    body = secrets.redact_bytes(response.body)
+    if response.headers:
+        return Response(response.status, {k: secrets.redact(v) for k, v in response.headers.items()}, body)
+    return response if body is response.body else Response(response.status, response.headers, body)
+
+
+def _reported(exc: Exception, endpoint: Endpoint, url: str, secrets: Secrets, status: int | None) -> AIQueryError:
+    """`exc` as the AIQueryError a row reports: printable, without the keys the request carried.
+    Anything else (a bug of ours, or of a library under us) becomes a RequestError that is not retried."""
+    if not isinstance(exc, AIQueryError):
+        exc = RequestError(f"endpoint {endpoint.name!r}: reading the answer from {url} failed "
+                           f"({type(exc).__name__}: {shorten(str(exc))}); please report this as a bug",
+                           endpoint=endpoint.name, status=status)
+    message = str(exc)
+    clean = secrets.redact(printable(message))
+    if clean != message:
+        exc.args = (clean,)
+    return exc
+
+
 def _status_error(endpoint: Endpoint, target: Target, response: Response) -> HTTPStatusError:
     status = response.status
     try:
@@ -912,8 +964,9 @@ def _status_error(endpoint: Endpoint, target: Target, response: Response) -> HTT
                  if target.key_source else
                  ". No key was sent: set api_key_env to the environment variable that holds the key")
     elif 300 <= status < 400:
-        text += (f". Redirect to {response.headers.get('location', '?')} not followed (a key is only sent "
-                 "to its own endpoint): set base_url/host to the final URL")
+        location = shorten(response.headers.get("location", "?"), 200)
+        text += (f". Redirect to {location} not followed (a key is only sent to its own endpoint): set "
+                 "base_url/host to the final URL")
     elif status == 404:
         text += ". Check base_url (or host) and model in the endpoint settings"
     return HTTPStatusError(text, endpoint=endpoint.name, status=status,

@@ -18,7 +18,8 @@
 
 Messages name the endpoint and say what to do next. They never contain an API key: keys are only
 ever read into request headers, and errors are built from endpoint names, URLs without userinfo,
-statuses and the provider's own error text.
+statuses and the provider's own error text, from which every key the request carried is redacted
+and terminal controls are removed (aiquery/_scrub.py), whatever the server echoes.
 """
 
 from __future__ import annotations

@@ -2,7 +2,13 @@
 
 Run by path (`python .../_http_child.py FD`), not as part of the package, so the child imports
 only the standard library, aiohttp and orjson: no DuckDB, no Arrow. The frame format is in
-aiquery/_http_process.py; `Channel` is shared by both sides.
+aiquery/_http_process.py; `Channel` is shared by both sides, and `fetch` (one request, its body
+read within a size limit) with aiquery._transport.AiohttpTransport.
+
+Whatever a server sends, the child answers each request with one message: header values that
+are not UTF-8 are decoded with replacement characters, a body is read and decompressed (gzip,
+deflate) by our code within the request's byte limit, yielding to the loop as it inflates so
+timers fire on time, and any exception becomes that request's error message.
 """
 
 import asyncio
@@ -10,12 +16,15 @@ import signal
 import socket
 import struct
 import sys
+import zlib
 
 import aiohttp
 import orjson
 
 _LENGTH = struct.Struct("!I")
-_KEPT_HEADERS = ("retry-after", "retry-after-ms", "location")
+KEPT_HEADERS = ("retry-after", "retry-after-ms", "location")
+ERROR_BODY_BYTES = 1 << 20  # of a non-2xx body; the rest is dropped (a message is all we want from it)
+INFLATE_STEP = 4 << 20      # bytes inflated between two turns of the loop
 
 
 class Channel:
@@ -31,8 +40,11 @@ class Channel:
         self._outbox.append(message)
 
     def _flush(self) -> None:
-        data = orjson.dumps(self._outbox)
-        self._outbox = []
+        outbox, self._outbox = self._outbox, []
+        try:
+            data = orjson.dumps(outbox)
+        except TypeError:  # one message that cannot be encoded fails alone, never the channel
+            data = orjson.dumps([_encodable(m) for m in outbox])
         if not self.writer.is_closing():
             self.writer.write(_LENGTH.pack(len(data)) + data)
 
@@ -41,27 +53,155 @@ class Channel:
         return orjson.loads(await self.reader.readexactly(size))
 
 
+def _encodable(message: list) -> list:
+    try:
+        orjson.dumps(message)
+        return message
+    except TypeError as exc:
+        return ["E", message[1], "failed", f"the answer could not be passed on ({exc})", 0]
+
+
+def header_text(value: str) -> str:
+    """A header value as valid text: bytes that are not UTF-8 become U+FFFD."""
+    try:
+        value.encode("utf-8")
+        return value
+    except UnicodeEncodeError:
+        return value.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+
+
+class BodyError(Exception):
+    """A body that cannot be read within its limit: kind is "too_large", "undecodable" or "corrupt"."""
+
+    def __init__(self, kind: str, detail: str):
+        super().__init__(detail)
+        self.kind = kind
+        self.status = 0  # the response's, set by fetch
+
+
+class _Inflater:
+    def __init__(self, coding: str):
+        self.coding = coding
+        self._z: "zlib._Decompress | None" = None
+
+    def _start(self, first: bytes):
+        if self.coding == "deflate":  # a zlib stream as the RFC says, or raw deflate as some servers send
+            zlib_header = len(first) >= 2 and first[0] & 0x0F == 8 and (first[0] << 8 | first[1]) % 31 == 0
+            return zlib.decompressobj(zlib.MAX_WBITS if zlib_header else -zlib.MAX_WBITS)
+        return zlib.decompressobj(zlib.MAX_WBITS | 32)  # gzip, or a zlib stream sent as gzip
+
+    async def feed(self, data: bytes, parts: list, room: int) -> int:
+        """Inflates `data` into `parts`; returns the room left; raises once past `room`."""
+        while data:
+            if self._z is None or self._z.eof and data[:2] == b"\x1f\x8b":  # the first gzip member, or the next
+                self._z = self._start(data)
+            elif self._z.eof:
+                return room  # what follows the compressed stream is not part of the body
+            try:
+                piece = self._z.decompress(data, min(INFLATE_STEP, room + 1))
+            except zlib.error as exc:
+                raise BodyError("corrupt", f"its {self.coding} body is corrupt ({exc})") from None
+            room -= len(piece)
+            if room < 0:
+                raise BodyError("too_large", "decompressed")
+            parts.append(piece)
+            data = self._z.unconsumed_tail or self._z.unused_data
+            if data:
+                await asyncio.sleep(0)  # a bomb inflates in steps: the loop (and its timers) keep running
+        return room
+
+    def finish(self) -> None:
+        if self._z is not None and not self._z.eof:
+            raise BodyError("corrupt", f"its {self.coding} body ends before the compressed stream does")
+
+
+def _inflater(coding: str | None) -> _Inflater | None:
+    coding = (coding or "identity").strip().lower()
+    if coding == "identity":
+        return None
+    if coding in ("gzip", "x-gzip", "deflate"):
+        return _Inflater("gzip" if coding == "x-gzip" else coding)
+    raise BodyError("undecodable", coding)
+
+
+async def read_body(chunks, coding: str | None, length: int | None, limit: int, cut: bool = False) -> bytes:
+    """A body from an async iterator of its raw chunks, decompressed; BodyError("too_large") once
+    it is longer than `limit` bytes, raw or decompressed (with `cut`, the first `limit` bytes)."""
+    inflater = _inflater(coding)
+    if length is not None and length > limit and not cut:
+        raise BodyError("too_large", "")
+    parts: list[bytes] = []
+    room = limit
+    async for chunk in chunks:
+        if inflater is not None:
+            try:
+                room = await inflater.feed(chunk, parts, room)
+            except BodyError as exc:
+                if cut and exc.kind == "too_large":
+                    return b"".join(parts)[:limit]
+                raise
+            continue
+        room -= len(chunk)
+        parts.append(chunk)
+        if room < 0:
+            if cut:
+                return b"".join(parts)[:limit]
+            raise BodyError("too_large", "")
+    if inflater is not None and not cut:
+        inflater.finish()
+    return b"".join(parts)
+
+
+async def read_answer(status: int, chunks, coding: str | None, length: int | None, limit: int) -> bytes:
+    """The body of a response with this status: a 2xx whole (or BodyError), an error's first
+    ERROR_BODY_BYTES (empty if it cannot be decoded: the status says enough)."""
+    if 200 <= status < 300:
+        try:
+            return await read_body(chunks, coding, length, limit)
+        except BodyError as exc:
+            exc.status = status
+            raise
+    try:
+        return await read_body(chunks, coding, length, min(limit, ERROR_BODY_BYTES), cut=True)
+    except BodyError:
+        return b""
+
+
+async def fetch(session: aiohttp.ClientSession, url: str, headers: dict, body: bytes,
+                timeout: aiohttp.ClientTimeout, limit: int) -> tuple[int, dict, bytes]:
+    """POSTs once (redirects not followed): status, the headers the engine reads, the body."""
+    async with session.post(url, data=body, headers=headers, allow_redirects=False, timeout=timeout) as resp:
+        kept = {name: header_text(resp.headers[name]) for name in KEPT_HEADERS if name in resp.headers}
+        coding = resp.headers.get("content-encoding")
+        length = resp.content_length
+        if 200 <= resp.status < 300 and coding is None and length is not None and length <= limit:
+            return resp.status, kept, await resp.read()  # the common case, as fast as aiohttp reads
+        return resp.status, kept, await read_answer(resp.status, resp.content.iter_any(), coding, length, limit)
+
+
 async def serve(fd: int) -> None:
-    """Read requests, send them with aiohttp (redirects not followed), write answers back."""
+    """Read requests, send them with aiohttp, write answers back."""
     channel = Channel(*await asyncio.open_unix_connection(sock=socket.socket(fileno=fd)))
     session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0, ttl_dns_cache=300),
-                                    cookie_jar=aiohttp.DummyCookieJar())
+                                    cookie_jar=aiohttp.DummyCookieJar(), auto_decompress=False)
     headers: dict[int, dict] = {}
     timeouts: dict[float, aiohttp.ClientTimeout] = {}
     running: dict[int, asyncio.Task] = {}
 
-    async def one(rid: int, url: str, hid: int, body: str, timeout: float) -> None:
+    async def one(rid: int, url: str, hid: int, body: str, timeout: float, limit: int) -> None:
         client_timeout = timeouts.get(timeout) or timeouts.setdefault(timeout, aiohttp.ClientTimeout(total=timeout))
         try:
-            async with session.post(url, data=body.encode("latin-1"), headers=headers[hid], allow_redirects=False,
-                                    timeout=client_timeout) as resp:
-                payload = await resp.read()
-                kept = {name: resp.headers[name] for name in _KEPT_HEADERS if name in resp.headers}
-                channel.send(["A", rid, resp.status, kept, payload.decode("latin-1")])
+            status, kept, payload = await fetch(session, url, headers[hid], body.encode("latin-1"), client_timeout,
+                                                limit)
+            channel.send(["A", rid, status, kept, payload.decode("latin-1")])
         except asyncio.TimeoutError:
-            channel.send(["E", rid, "timeout", ""])
+            channel.send(["E", rid, "timeout", "", 0])
+        except BodyError as exc:
+            channel.send(["E", rid, exc.kind, str(exc), exc.status])
         except aiohttp.ClientError as exc:
-            channel.send(["E", rid, "failed", str(exc) or type(exc).__name__])
+            channel.send(["E", rid, "failed", str(exc) or type(exc).__name__, 0])
+        except Exception as exc:  # anything else fails this request, never the loop
+            channel.send(["E", rid, "failed", f"{type(exc).__name__}: {exc}", 0])
         finally:
             running.pop(rid, None)
 
@@ -76,6 +216,8 @@ async def serve(fd: int) -> None:
                     headers[message[1]] = message[2]
                 elif kind == "C" and message[1] in running:
                     running.pop(message[1]).cancel()
+                elif kind == "P":
+                    channel.send(message)  # a ping: the parent checks this loop still turns
     except (asyncio.IncompleteReadError, ConnectionError):
         pass  # the parent closed the socket or died
     finally:

@@ -7,7 +7,10 @@ databricks:  POST {host}/serving-endpoints/{model or name}/invocations, no "mode
              a token (pat), a service principal's OAuth client id and secret (oauth-m2m), or any
              auth type of databricks-sdk.
 local:       local://{model}/chat/completions | ... answered in-process (aiquery/_local.py).
-openai:      `Authorization: Bearer <key>`, the key read from the environment when the target is resolved.
+openai:      `Authorization: Bearer <key>`, or the key as it is in the header `api_key_header` names
+             (`api-key` for Azure OpenAI); the key read from the environment when the target is resolved.
+A base_url (or host) may carry a query string (`...?api-version=2024-06-01`): the task's path goes
+before it.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from ._config import OPENAI_BASE_URL, Endpoint
 from ._errors import ConfigError
 from ._local import url as local_url
 from ._models import MODELS
+from ._scrub import Secrets, safe_url
 
 _OPENAI_PATHS = {"chat": "/chat/completions", "completions": "/completions", "embeddings": "/embeddings"}
 
@@ -33,21 +37,26 @@ _OPENAI_PATHS = {"chat": "/chat/completions", "completions": "/completions", "em
 @dataclass(frozen=True)
 class Target:
     """A resolved destination. `key_source` says where the key came from, for 401/403 messages.
-    With `auth` (OAuth and databricks-sdk credentials), the engine asks it for each request's headers."""
+    With `auth` (OAuth and databricks-sdk credentials), the engine asks it for each request's headers.
+    `secrets` are the credentials the headers and URL carry, redacted from whatever a server sends
+    back (by default found in the headers whose names say so; a token from `auth` is added per request)."""
 
     url: str
     sends_model: bool
     key_source: str | None
     headers: dict[str, str]  # sent with every request; may hold the key, so never printed (see __repr__)
     auth: _auth.TokenSource | None = None  # OAuth and the SDK's auth types: the token comes from here
+    secrets: Secrets | None = field(default=None, compare=False)
     identity: bytes = field(init=False)  # what the headers and credentials change about an answer: see header_identity
 
     def __post_init__(self) -> None:
         who = {} if self.auth is None else {"\0credentials": repr(self.auth.identity)}  # no token: who asks for one
         object.__setattr__(self, "identity", header_identity({**self.headers, **who}))
+        if self.secrets is None:
+            object.__setattr__(self, "secrets", Secrets.of(None, self.headers, self.url))
 
     def __repr__(self) -> str:
-        return f"Target(url={self.url!r}, key_source={self.key_source!r})"
+        return f"Target(url={safe_url(self.url)!r}, key_source={self.key_source!r})"
 
 
 def header_identity(headers: Mapping[str, str]) -> bytes:
@@ -65,9 +74,14 @@ def _join(url: str, path: str) -> str:
 
 
 def _headers(endpoint: Endpoint, key: str | None) -> dict[str, str]:
-    headers = {"Content-Type": "application/json", "Accept": "application/json", **endpoint.headers}
+    # gzip and deflate only: the transports decompress these themselves, within max_response_bytes.
+    headers = {"Content-Type": "application/json", "Accept": "application/json",
+               "Accept-Encoding": "gzip, deflate", **endpoint.headers}
     if key:
-        headers["Authorization"] = f"Bearer {key}"
+        if endpoint.api_key_header and endpoint.api_key_header.lower() != "authorization":
+            headers[endpoint.api_key_header] = key
+        else:
+            headers["Authorization"] = f"Bearer {key}"
     return headers
 
 
@@ -120,7 +134,9 @@ def _openai(endpoint: Endpoint) -> Target:
                           f"(api_key_env names the variable that holds the key)")
     if source and key is None:
         source = None  # default variable absent: send no key, and say so if the server answers 401
-    return Target(_join(base, _OPENAI_PATHS[endpoint.task]), True, source, _headers(endpoint, key))
+    url = _join(base, _OPENAI_PATHS[endpoint.task])
+    headers = _headers(endpoint, key)
+    return Target(url, True, source, headers, secrets=Secrets.of(key, headers, url))
 
 
 def _databricks(endpoint: Endpoint) -> Target:

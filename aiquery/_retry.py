@@ -15,6 +15,7 @@ tests never really wait); these functions decide.
 from __future__ import annotations
 
 import email.utils
+import math
 import random
 import time
 from collections.abc import Callable, Mapping
@@ -31,25 +32,30 @@ def is_retryable_status(status: int) -> bool:
 
 
 def parse_retry_after(headers: Mapping[str, str], now: float | None = None) -> float | None:
-    """Seconds the server asked us to wait, or None. Header names are lower-case."""
-    ms = headers.get("retry-after-ms")
+    """Seconds the server asked us to wait, or None (a value that is no number of seconds or date,
+    NaN or infinite, is ignored). Header names are lower-case."""
+    ms = _number(headers.get("retry-after-ms"))
     if ms is not None:
-        try:
-            return min(max(float(ms) / 1000, 0.0), MAX_RETRY_AFTER)
-        except ValueError:
-            pass
+        return min(max(ms / 1000, 0.0), MAX_RETRY_AFTER)
     value = headers.get("retry-after")
     if value is None:
         return None
-    try:
-        seconds = float(value)
-    except ValueError:
+    seconds = _number(value)
+    if seconds is None:
         try:
             when = email.utils.parsedate_to_datetime(value).timestamp()
-        except (TypeError, ValueError, IndexError):
+        except (TypeError, ValueError, IndexError, OverflowError):
             return None
         seconds = when - (time.time() if now is None else now)
     return min(max(seconds, 0.0), MAX_RETRY_AFTER)
+
+
+def _number(text: str | None) -> float | None:
+    try:
+        value = float(text)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return None
+    return value if math.isfinite(value) else None
 
 
 def backoff(attempt: int, rand: Callable[[], float] = random.random) -> float:

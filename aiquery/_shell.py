@@ -28,6 +28,7 @@ from . import _script
 from ._dialect import dialect_name
 from ._errors import AIQueryError, QueryInterrupted
 from ._registration import registration_of
+from ._scrub import printable
 
 RESULT_TABLE = "__aiquery_result"
 HISTORY_FILE = ".aiquery_history"
@@ -164,7 +165,7 @@ class Shell:
                 print("query interrupted (answers received so far are cached: run it again to send only the rest)",
                       file=self.err)
             else:
-                print(f"Error: {exc}", file=self.err)
+                print(f"Error: {printable(str(exc))}", file=self.err)  # no terminal controls a server sent
 
     def _execute(self, statement: duckdb.Statement, text: str, dialect: str) -> Any:
         """One statement: a query's rows kept in a temporary table and shown from there (showing a

@@ -5,6 +5,8 @@ requests in flight on two cores (one httpx.AsyncClient tops out near 90 requests
 encode/httpx#3215). httpx stays as the seam tests inject (`httpx.MockTransport`) and for users who
 need its transports (proxies, custom TLS). Lower-layer exceptions become TransportError here and
 nowhere else. Redirects are never followed: a key is sent only to the URL it was configured for.
+Every transport reads a body within the endpoint's max_response_bytes, raw and decompressed, and
+answers within its timeout, body included (aiquery/_http_child.py's `read_body` does the reading).
 """
 
 from __future__ import annotations
@@ -17,31 +19,56 @@ from typing import Protocol
 import aiohttp
 import httpx
 
-from ._errors import TransportError
+from ._config import DEFAULT_MAX_RESPONSE_BYTES
+from ._errors import RequestError, ResponseError, TransportError
+from ._http_child import KEPT_HEADERS, BodyError, fetch, header_text, read_answer
+from ._scrub import shorten
 
 
 @dataclass(frozen=True)
 class Response:
     status: int
-    headers: Mapping[str, str]  # case-insensitive (aiohttp's and httpx's own header mappings)
+    headers: Mapping[str, str]  # names lower-case: retry-after, retry-after-ms, location when sent
     body: bytes
 
 
 class Transport(Protocol):
     async def post(self, url: str, headers: dict[str, str], body: bytes, timeout: float,
-                   endpoint: str) -> Response: ...
+                   endpoint: str, max_bytes: int = DEFAULT_MAX_RESPONSE_BYTES) -> Response: ...
 
     async def aclose(self) -> None: ...
 
 
 def unreachable(endpoint: str, url: str, detail: str) -> TransportError:
-    return TransportError(f"endpoint {endpoint!r}: request failed to {url}: {detail}", endpoint=endpoint, retryable=True)
+    # `detail` is a client library's message, which may quote what the server sent (a bad header line)
+    return TransportError(f"endpoint {endpoint!r}: request failed to {url}: {shorten(detail)}", endpoint=endpoint,
+                          retryable=True)
 
 
 def timed_out(endpoint: str, url: str, timeout: float) -> TransportError:
     return TransportError(f"endpoint {endpoint!r}: no complete answer from {url} within {timeout:g} s "
                           "(raise the endpoint's timeout setting if the model is slow)",
                           endpoint=endpoint, retryable=True)
+
+
+def body_error(endpoint: str, url: str, status: int, kind: str, detail: str, limit: int) -> RequestError:
+    """The error for a body that could not be read (BodyError's kind and detail). A body too
+    large or in an encoding we cannot decode will be the same next time: not retried."""
+    if kind == "too_large":
+        what = "decompresses to more than" if detail == "decompressed" else "is larger than"
+        return ResponseError(f"endpoint {endpoint!r}: the HTTP {status} answer from {url} {what} max_response_bytes "
+                             f"({limit:,} bytes); raise max_response_bytes in the endpoint's settings if answers "
+                             "this large are expected", endpoint=endpoint, status=status)
+    if kind == "undecodable":
+        return ResponseError(f"endpoint {endpoint!r}: the HTTP {status} answer from {url} has Content-Encoding "
+                             f"{shorten(detail, 40)!r}, which aiquery neither asked for nor can decode (it accepts "
+                             "gzip and deflate)", endpoint=endpoint, status=status)
+    return ResponseError(f"endpoint {endpoint!r}: the HTTP {status} answer from {url} could not be read: {detail}",
+                         endpoint=endpoint, status=status, retryable=True)
+
+
+async def _one_chunk(data: bytes):
+    yield data
 
 
 class AiohttpTransport:
@@ -55,25 +82,25 @@ class AiohttpTransport:
         if self._session is None:
             # limit=0: the engine's per-endpoint limits bound concurrency, not the pool.
             connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300)
-            self._session = aiohttp.ClientSession(connector=connector, auto_decompress=True,
+            self._session = aiohttp.ClientSession(connector=connector, auto_decompress=False,
                                                   cookie_jar=aiohttp.DummyCookieJar())
         return self._session
 
     async def post(self, url: str, headers: dict[str, str], body: bytes, timeout: float,
-                   endpoint: str) -> Response:
+                   endpoint: str, max_bytes: int = DEFAULT_MAX_RESPONSE_BYTES) -> Response:
         session = self._get_session()
         client_timeout = self._timeouts.get(timeout)
         if client_timeout is None:
             client_timeout = self._timeouts[timeout] = aiohttp.ClientTimeout(total=timeout)
         try:
-            async with session.post(url, data=body, headers=headers, allow_redirects=False,
-                                    timeout=client_timeout) as resp:
-                payload = await resp.read()
-                return Response(resp.status, resp.headers, payload)
+            status, kept, payload = await fetch(session, url, headers, body, client_timeout, max_bytes)
         except asyncio.TimeoutError:
             raise timed_out(endpoint, url, timeout) from None
+        except BodyError as exc:
+            raise body_error(endpoint, url, exc.status, exc.kind, str(exc), max_bytes) from None
         except aiohttp.ClientError as exc:
-            raise unreachable(endpoint, url, str(exc) or type(exc).__name__) from exc
+            raise unreachable(endpoint, url, str(exc) or type(exc).__name__) from None
+        return Response(status, kept, payload)
 
     async def aclose(self) -> None:
         if self._session is not None:
@@ -89,16 +116,29 @@ class HttpxTransport:
         self._client: httpx.AsyncClient | None = None
 
     async def post(self, url: str, headers: dict[str, str], body: bytes, timeout: float,
-                   endpoint: str) -> Response:
+                   endpoint: str, max_bytes: int = DEFAULT_MAX_RESPONSE_BYTES) -> Response:
         if self._client is None:
             self._client = httpx.AsyncClient(follow_redirects=False, **self._options)
+        status = 0
         try:
-            resp = await self._client.post(url, content=body, headers=headers, timeout=timeout)
-        except httpx.TimeoutException:
+            async with asyncio.timeout(timeout):  # httpx's timeouts are per read: a trickle never ends them
+                async with self._client.stream("POST", url, content=body, headers=headers, timeout=timeout) as resp:
+                    status = resp.status_code
+                    length = resp.headers.get("content-length", "")
+                    if resp.is_stream_consumed:  # built in memory (httpx.MockTransport): read and decoded already
+                        chunks, coding = _one_chunk(resp.content), None
+                    else:  # raw, decoded by read_answer: httpx would inflate any size (and br, zstd) itself
+                        chunks, coding = resp.aiter_raw(), resp.headers.get("content-encoding")
+                    payload = await read_answer(status, chunks, coding, int(length) if length.isdigit() else None,
+                                                max_bytes)
+                    kept = {name: header_text(resp.headers[name]) for name in KEPT_HEADERS if name in resp.headers}
+        except (TimeoutError, httpx.TimeoutException):
             raise timed_out(endpoint, url, timeout) from None
+        except BodyError as exc:
+            raise body_error(endpoint, url, status, exc.kind, str(exc), max_bytes) from None
         except httpx.HTTPError as exc:
-            raise unreachable(endpoint, url, str(exc) or type(exc).__name__) from exc
-        return Response(resp.status_code, resp.headers, resp.content)
+            raise unreachable(endpoint, url, str(exc) or type(exc).__name__) from None
+        return Response(status, kept, payload)
 
     async def aclose(self) -> None:
         if self._client is not None:

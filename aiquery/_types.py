@@ -43,6 +43,7 @@ from dataclasses import dataclass
 from decimal import ROUND_HALF_UP, Decimal, localcontext
 
 from ._errors import ArgumentError, OutputError
+from ._scrub import shorten
 
 __all__ = ["SqlType", "parse_type", "conform", "parse_output", "check_enums", "forbidden_in_name",
            "ddl_to_duckdb_sql", "MAX_GENERIC_DEPTH"]
@@ -585,7 +586,7 @@ def check_enums(value, schema, path: str = "") -> None:
     allowed = schema.get("enum")
     if isinstance(allowed, list) and value not in allowed:
         name = f"the answer's {path!r}" if path else "the answer"
-        raise OutputError(f"{name} is {value!r}, not one of the allowed values "
+        raise OutputError(f"{name} is {shorten(repr(value), 200)}, not one of the allowed values "
                           f"{json.dumps(allowed, ensure_ascii=False)}")
     properties = schema.get("properties")
     if isinstance(value, dict) and isinstance(properties, dict):

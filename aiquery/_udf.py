@@ -32,6 +32,7 @@ from ._providers import Target, resolve
 from ._tasks import Spec, spec
 from ._types import SqlType, check_enums, conform, parse_output, parse_type
 from ._progress import Progress, query_status
+from ._scrub import printable, shorten
 from ._usage import Price, price_of
 
 _FORMAT_TYPES = ("text", "json_object", "json_schema")
@@ -227,12 +228,14 @@ def _value(endpoint: Endpoint, answer: _wire.Answer, options: Options) -> Any:
                 return conform([_converted(v, output_type.element, options) for v in value], output_type)
             value = value[0]
         value = _converted(value, output_type, options)
+        if endpoint.task == "custom" and output_type is None and not isinstance(value, str):
+            return json.dumps(value, ensure_ascii=False)
+    except RecursionError:  # json.loads or json.dumps, or a check walking what they made
+        raise OutputError(f"endpoint {endpoint.name!r}: the answer is JSON nested too deeply to read") from None
     except OutputError as exc:
         cut = (" The answer was cut off at the token limit (finish_reason 'length'): raise max_tokens."
                if answer.finish_reason == "length" else "")
-        raise OutputError(f"endpoint {endpoint.name!r}: {exc}{cut}") from None
-    if endpoint.task == "custom" and output_type is None and not isinstance(value, str):
-        return json.dumps(value, ensure_ascii=False)
+        raise OutputError(f"endpoint {endpoint.name!r}: {printable(str(exc))}{cut}") from None
     return value
 
 
@@ -483,6 +486,10 @@ def make_udf(registration: Registration):
                         value = _value(endpoint, answer, opts)
                     except AIQueryError as exc:
                         answer = exc
+                    except Exception as exc:  # noqa: BLE001 - a bug of ours fails this row, not the query
+                        answer = OutputError(f"endpoint {endpoint.name!r}: the answer could not be converted "
+                                             f"({type(exc).__name__}: {shorten(str(exc))}); please report this "
+                                             "as a bug")
                     else:
                         out[i] = orjson.dumps(value if opts.fail_on_error else _row(value, answer, opts)).decode()
                         continue

@@ -22,6 +22,9 @@ from typing import Any
 import orjson
 
 from ._errors import ArgumentError, ResponseError
+from ._scrub import printable, shorten
+
+JSON_DEPTH = 1024  # orjson's limit on nesting; a deeper body is refused as not JSON
 
 # Parameter types the OpenAI API documents; others pass through untouched (provider extras).
 _PARAM_TYPES: dict[str, tuple[type, ...]] = {
@@ -216,14 +219,50 @@ def _load(payload: bytes, endpoint: str) -> Any:
                             status=200, retryable=True)
     try:
         return orjson.loads(payload)
-    except orjson.JSONDecodeError:
-        raise ResponseError(f"endpoint {endpoint!r} answered 200 with a body that is not JSON: "
-                            f"{_excerpt(payload)}", endpoint=endpoint, status=200, retryable=True) from None
+    except orjson.JSONDecodeError as exc:
+        what, retryable = _why_not_json(payload, str(exc))
+        raise ResponseError(f"endpoint {endpoint!r} answered 200 with a body that is {what}: {_excerpt(payload)}",
+                            endpoint=endpoint, status=200, retryable=retryable) from None
+
+
+_STREAM_STARTS = (b"data:", b"event:", b"id:", b"retry:", b":")
+
+
+def _why_not_json(payload: bytes, problem: str) -> tuple[str, bool]:
+    """Why a body does not parse, and whether asking again may help: a body cut short on its way
+    may come whole next time; one that is not UTF-8, nested too deep, holds NaN, or is a stream
+    will be the same again (and each try may be billed)."""
+    if "depth limit" in problem:
+        return f"JSON nested more than {JSON_DEPTH} levels deep", False
+    if payload.lstrip().startswith(_STREAM_STARTS):
+        return ("a server-sent event stream, not one JSON answer (aiquery does not ask for streaming: check that "
+                "the server or a proxy does not turn stream on)"), False
+    try:
+        payload.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        if exc.end < len(payload) or exc.reason != "unexpected end of data":  # not just a character cut in two
+            return "not valid UTF-8", False
+    try:
+        json.loads(payload)  # accepts NaN, Infinity and numbers too large for a double, as JSON does not
+        return "not JSON (it holds NaN, Infinity or a number too large for a double)", False
+    except (ValueError, RecursionError):
+        return "not JSON", True
+
+
+def _dumps(value: Any) -> str:
+    """`value` (parsed by orjson, so at most JSON_DEPTH deep) as JSON text, for messages and tool arguments."""
+    try:
+        return json.dumps(value, ensure_ascii=False)
+    except RecursionError:  # json.dumps recurses in C and stops short of orjson's depth
+        raise ResponseError("the answer holds JSON nested too deeply to read", endpoint="", status=200) from None
 
 
 def _missing(endpoint: str, what: str, data: Any) -> ResponseError:
-    return ResponseError(f"endpoint {endpoint!r} answered 200 without {what}: {_excerpt(json.dumps(data).encode())}",
-                         endpoint=endpoint, status=200)
+    try:
+        shown = _excerpt(_dumps(data).encode())
+    except ResponseError:
+        shown = f"(JSON nested nearly {JSON_DEPTH} levels deep)"
+    return ResponseError(f"endpoint {endpoint!r} answered 200 without {what}: {shown}", endpoint=endpoint, status=200)
 
 
 def _int(value: Any) -> int | None:
@@ -311,7 +350,11 @@ def _tool_calls(message: Mapping, endpoint: str, data: Any) -> list[dict[str, st
             raise _missing(endpoint, "a function name in choices[].message.tool_calls[]", data)
         arguments = function.get("arguments")
         if not isinstance(arguments, str):  # some servers send the object itself
-            arguments = json.dumps(arguments if arguments is not None else {}, ensure_ascii=False)
+            try:
+                arguments = _dumps(arguments if arguments is not None else {})
+            except ResponseError:
+                raise ResponseError(f"endpoint {endpoint!r} answered tool arguments nested too deeply to read",
+                                    endpoint=endpoint, status=200) from None
         calls.append({"id": call.get("id") if isinstance(call.get("id"), str) else None, "name": name,
                       "arguments": arguments})
     return calls
@@ -323,7 +366,7 @@ def _chat_choice(choice: Mapping, endpoint: str, data: Any, tools: bool) -> Any:
     calls = _tool_calls(message, endpoint, data) if tools and isinstance(message, Mapping) else []
     if text is None and not calls:
         if isinstance(message, Mapping) and message.get("content") is None and message.get("refusal"):
-            raise ResponseError(f"endpoint {endpoint!r}: the model refused: {message['refusal']}",
+            raise ResponseError(f"endpoint {endpoint!r}: the model refused: {shorten(str(message['refusal']))}",
                                 endpoint=endpoint, status=200)
         raise _missing(endpoint, "choices[0].message.content text" + (" or tool_calls" if tools else ""), data)
     return {"content": text, "tool_calls": calls} if tools else text
@@ -398,10 +441,10 @@ def parse_custom(payload: bytes, endpoint: str, request: Mapping) -> Answer:
 
 
 def error_text(payload: bytes) -> str:
-    """The provider's own error message from an error body (JSON or HTML), short."""
+    """The provider's own error message from an error body (JSON or HTML), short and printable."""
     try:
-        data = json.loads(payload)
-    except ValueError:
+        data = orjson.loads(payload)
+    except orjson.JSONDecodeError:  # not JSON, cut short, or nested too deep (orjson stops at JSON_DEPTH)
         data = None
     if isinstance(data, Mapping):
         err = data.get("error")
@@ -409,13 +452,18 @@ def error_text(payload: bytes) -> str:
         message = message or data.get("message") or data.get("detail")
         if isinstance(message, str) and message:
             code = data.get("error_code")
-            return f"{code}: {message}" if isinstance(code, str) else message
+            return shorten(f"{code}: {message}" if isinstance(code, str) else message)
     return _excerpt(payload)
 
 
 def _excerpt(payload: bytes, limit: int = 200) -> str:
-    text = payload.decode("utf-8", "replace")
+    """The start of a body as one line of printable text, and its size when that is not all of it."""
+    text = payload[:limit * 50].decode("utf-8", "replace")
     if "<" in text and ">" in text:  # HTML error pages: keep the words
         text = re.sub(r"<[^>]+>", " ", text)
-    text = " ".join(text.split())
-    return (text[:limit] + "...") if len(text) > limit else (text or "(empty body)")
+    text = " ".join(printable(text).split())
+    if not text:
+        return "(empty body)"
+    if len(text) > limit or len(payload) > limit * 50:
+        return f"{text[:limit]}... ({len(payload):,} bytes)"
+    return text

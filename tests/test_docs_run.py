@@ -73,9 +73,10 @@ def test_readme_settings_example_is_valid(tmp_path):
     assert read_prices(config) == {"gpt-4o-mini": Price(0.15, 0.60, cached_input=0.075, batch=0.5)}
     endpoints = load_endpoints(config=config)
     assert {name: e.task for name, e in endpoints.items() if e.source == str(config)} == {
-        "chat": "chat", "embed": "embeddings", "llama": "chat", "cheap": "chat"}
+        "chat": "chat", "embed": "embeddings", "llama": "chat", "cheap": "chat", "azure": "chat"}
     assert endpoints["cheap"].batch is True and endpoints["cheap"].batch_poll_interval == 30
     assert endpoints["llama"].provider == "databricks" and endpoints["chat"].model_parameters == {"temperature": 0.0}
+    assert endpoints["azure"].api_key_header == "api-key"
 
 
 def test_readme_databricks_examples_resolve_to_their_auth_types(tmp_path, monkeypatch):

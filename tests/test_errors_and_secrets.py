@@ -66,10 +66,15 @@ def test_redirects_are_not_followed(con, server):
     assert len(server.requests) == 1
 
 
-def test_keys_are_refused_in_settings(tmp_path):
+@pytest.mark.parametrize("setting, says", [
+    ('api_key = "sk-abc-in-file"', "never put a key in settings"),
+    ('headers = {"api-key" = "sk-abc-in-file"}', "never put a key in headers.*api_key_header"),
+    ('headers = {"Authorization" = "Bearer sk-abc-in-file"}', "never put a key in headers"),
+])
+def test_keys_are_refused_in_settings(tmp_path, setting, says):
     config = tmp_path / "aiquery.toml"
-    config.write_text('[endpoints.chat]\nbase_url = "http://x/v1"\napi_key = "sk-abc"\n')
-    with pytest.raises(aiquery.ConfigError, match="never put a key in settings") as info:
+    config.write_text(f'[endpoints.chat]\nbase_url = "http://x/v1"\n{setting}\n')
+    with pytest.raises(aiquery.ConfigError, match=says) as info:
         aiquery.connect(config=config)
     assert "sk-abc" not in str(info.value)
 
@@ -103,3 +108,48 @@ def test_server_errors_with_html_bodies_are_summarised(endpoints, server):
         result = con.sql("SELECT ai_query('chat', 'x [[html]]', failOnError => false)").fetchall()[0][0]
     assert "HTTP 502" in result["errorMessage"] and "502 Bad Gateway" in result["errorMessage"]
     assert "<html>" not in result["errorMessage"]
+
+
+def test_every_form_of_a_key_a_server_may_echo_is_redacted():
+    import base64
+    from urllib.parse import quote
+
+    from aiquery._scrub import Secrets
+
+    key = "sk-pr/oj+ect=k3y"
+    basic = base64.b64encode(b"token:dapi-basic-secret").decode()
+    secrets = Secrets.of(key, {"Authorization": f"Bearer {key}", "Content-Type": "application/json",
+                               "X-Proxy-Authorization": f"Basic {basic}", "Ocp-Apim-Subscription-Key": "apim-secret-1",
+                               "X-Trace": "not-a-secret-value"})
+    echoed = (f"Bearer {key} | {quote(key, safe='')} | {base64.b64encode(key.encode()).decode()} | "
+              f"{base64.b64encode(f'token:{key}'.encode()).decode()} | Basic {basic} | dapi-basic-secret | "
+              "apim-secret-1 | application/json | not-a-secret-value")
+    redacted = secrets.redact(echoed)
+    for secret in (key, quote(key, safe=""), base64.b64encode(key.encode()).decode().rstrip("="), "dapi-basic-secret",
+                   base64.b64encode(b"dapi-basic-secret").decode().rstrip("="), "apim-secret-1"):
+        assert secret not in redacted, (secret, redacted)
+    assert redacted.startswith("Bearer [REDACTED] |") and "application/json" in redacted
+    assert "not-a-secret-value" in redacted
+    assert secrets.redact_bytes(echoed.encode()) == redacted.encode()
+    assert "sk-pr" not in repr(secrets) and not Secrets.of(None, {"Authorization": "Bearer abc"})  # too short to search
+
+
+def test_terminal_controls_are_removed_and_text_kept():
+    from aiquery._scrub import printable, shorten
+
+    assert printable("a\x1b]0;title\x07b\x1b[1;31mc\x1b[0m\td\ne\x9b2Jf\u202eg\x00h\udcff") == "abc\td\nefgh"
+    assert printable("plain text, ünïcode ✓") == "plain text, ünïcode ✓"
+    assert shorten("x" * 1000, 10) == "xxxxxxxxxx... (1,000 bytes)"
+
+
+@pytest.mark.parametrize("url, shown", [
+    ("https://user:pw@h.example/v1", "https://[REDACTED]@h.example/v1"),
+    ("https://h.example/v1?api-version=2024-06-01&api_key=abc&sig=x", "https://h.example/v1?api-version=2024-06-01"
+                                                                       "&api_key=[REDACTED]&sig=[REDACTED]"),
+    ("http://h.example:8080/v1", "http://h.example:8080/v1"),
+    ("http://[::1", "(not a valid URL)"),
+])
+def test_urls_are_printed_without_credentials(url, shown):
+    from aiquery._scrub import safe_url
+
+    assert safe_url(url) == shown

@@ -44,6 +44,29 @@ def test_chat_bodies_that_break_the_wire_format(payload, message):
         _wire.parse_chat(payload, "e", {})
 
 
+@pytest.mark.parametrize("payload, message, retryable", [
+    (b'{"choices": [', "a body that is not JSON", True),  # cut short on its way: may come whole next time
+    (b'{"choices": [{"message": {"content": "\xc3', "a body that is not JSON", True),  # cut inside a character
+    (b'{"choices": [{"message": {"content": "\xff\xfe"}}]}', "not valid UTF-8", False),
+    (b"[" * 1100 + b"]" * 1100, "nested more than 1024 levels deep", False),
+    (b'{"choices": [], "x": NaN}', "NaN, Infinity", False),
+    (b'{"x": 1e400}', "NaN, Infinity", False),
+    (b"data: {}\n\n", "server-sent event stream", False),
+    (b"<html>oops</html>", "a body that is not JSON", True),
+])
+def test_bodies_that_do_not_parse_are_retried_only_if_they_may_change(payload, message, retryable):
+    with pytest.raises(ResponseError, match=re.escape(message)) as info:
+        _wire.parse_chat(payload, "e", {})
+    assert info.value.retryable is retryable
+
+
+def test_excerpts_of_long_bodies_say_how_long_they_were():
+    with pytest.raises(ResponseError) as info:
+        _wire.parse_chat(b'{"object": "' + b"x" * 1_000_000 + b'"}', "e", {})
+    message = str(info.value)
+    assert len(message) < 400 and message.endswith("... (1,000,014 bytes)")
+
+
 def test_reasoning_blocks_keep_only_the_text():
     content = [{"type": "reasoning", "summary": [{"type": "summary_text", "text": "hmm"}]},
                {"type": "text", "text": "4"}]
@@ -64,6 +87,9 @@ def test_embeddings_are_put_back_in_input_order():
     (b'{"error_code": "BAD_REQUEST", "message": "Invalid param"}', "BAD_REQUEST: Invalid param"),
     (b"<html><body><h1>502 Bad Gateway</h1></body></html>", "502 Bad Gateway"),
     (b"", "(empty body)"),
+    (b"[" * 2000 + b"]" * 2000, "[" * 200 + "... (4,000 bytes)"),
+    (b'{"error": {"message": "' + b"m" * 5_000_000 + b'"}}', "m" * 300 + "... (5,000,000 bytes)"),
+    (b'{"error": {"message": "bad \\u001b]0;title\\u0007 \\u001b[2Jthing"}}', "bad  thing"),
 ])
 def test_provider_error_messages_are_extracted(payload, text):
     assert _wire.error_text(payload) == text
