@@ -43,6 +43,7 @@ from typing import Any
 
 import orjson
 
+from . import _process
 from ._datasets import cache_dir, user_cache_dir
 from ._errors import CacheWarning, ConfigError
 from ._wire import Answer
@@ -612,8 +613,8 @@ def rebuild(path: str | Path, keep_answers: bool) -> Rebuilt:
     still read from the old one. The old file is moved aside, not deleted, when part of it could not be
     read or it is not a cache this version reads. Run it while no other process uses the file."""
     path = Path(path).expanduser().resolve()
-    with _opened_lock:
-        cache = _opened.pop(path, None)
+    with _process.caches_lock:
+        cache = _process.caches.pop(path, None)
     if cache is not None:
         cache.close()
     _private_directory(path.parent)
@@ -667,28 +668,24 @@ def rebuild(path: str | Path, keep_answers: bool) -> Rebuilt:
     return Rebuilt(len(rows), complete and readable, aside)
 
 
-_opened: dict[Path, ResponseCache] = {}
-_opened_lock = threading.Lock()
-
-
 def open_cache(path: str | Path | None = None) -> ResponseCache:
     """The process's one ResponseCache for `path` (default: the user cache directory). One that could not
     use its file is opened again, so a repaired file is used by the next connection."""
     resolved = Path(path).expanduser().resolve() if path is not None else default_path().resolve()
-    with _opened_lock:
-        cache = _opened.get(resolved)
+    with _process.caches_lock:
+        cache = _process.caches.get(resolved)
         if cache is None or cache.closed or cache.problem is not None or cache._pid != os.getpid():
             if cache is not None and cache._pid == os.getpid():
                 cache.close()
-            cache = _opened[resolved] = ResponseCache(resolved)
+            cache = _process.caches[resolved] = ResponseCache(resolved)
         return cache
 
 
 def close_all() -> None:
     """Closes every cache this process opened (they reopen when used again)."""
-    with _opened_lock:
-        caches = list(_opened.values())
-        _opened.clear()
+    with _process.caches_lock:
+        caches = list(_process.caches.values())
+        _process.caches.clear()
     for cache in caches:
         cache.close()
 

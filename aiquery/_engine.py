@@ -31,7 +31,7 @@ from typing import Any
 
 import orjson
 
-from . import _wire
+from . import _process, _wire
 from ._config import PREFIX_CHARS, Endpoint
 from ._batch import BatchDispatcher
 from ._cache import ResponseCache
@@ -286,9 +286,6 @@ class _LoopThread:
 class Engine:
     """Everything requests need at run time: loop, transport, per-endpoint limits, running queries."""
 
-    _shared: Engine | None = None
-    _shared_lock = threading.Lock()
-
     def __init__(self, transport: Transport | None = None, sleep: Callable[[float], Any] | None = None,
                  idle_end: float = QUERY_IDLE_END):
         self._transport = transport or (ProcessTransport() if os.name == "posix" else AiohttpTransport())
@@ -316,10 +313,7 @@ class Engine:
     @classmethod
     def shared(cls) -> Engine:
         """The process-wide engine that connect() and register() use unless given one."""
-        with cls._shared_lock:
-            if cls._shared is None:
-                cls._shared = cls()  # closed at exit by its finalizer
-            return cls._shared
+        return _process.shared_engine(cls)
 
     def __repr__(self) -> str:
         return f"<aiquery.Engine endpoints={len(self._runtimes)} queries={len(self._queries)}>"

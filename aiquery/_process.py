@@ -26,14 +26,17 @@ State, all of it held weakly so that nothing here keeps a connection or an engin
 * `numbers`: unique in the process. A context's number is written into its macros, so each batch
   names the context its query runs on; a registration's number is in its Python functions' names,
   because two connections to one database file share that file's catalog of Python functions.
-
-The other process-wide objects are the shared engine (`Engine.shared()`, aiquery/_engine.py) and
-the open response caches (aiquery/_cache.py).
+* `shared_engine()`: the engine every connection uses unless given one (`Engine.shared()`), so an
+  endpoint's limits hold across the process. Forgotten in a forked child, whose copy has no loop thread.
+* `caches`: the open response caches, one per file (aiquery/_cache.py `open_cache`), closed at exit.
+* `spark_connections`: in a Spark worker, the DuckDB connection kept for each job's settings
+  (aiquery/spark.py): Spark reuses its Python workers.
 """
 
 from __future__ import annotations
 
 import itertools
+import os
 import signal
 import threading
 import weakref
@@ -53,6 +56,10 @@ by_number: weakref.WeakValueDictionary = weakref.WeakValueDictionary()  # Contex
 engines: weakref.WeakSet = weakref.WeakSet()
 numbers = itertools.count(1)
 _lock = threading.Lock()
+_engine: list = []  # the shared engine, once made
+caches: dict = {}  # resolved path -> ResponseCache
+caches_lock = threading.Lock()
+spark_connections: dict[str, Any] = {}  # in a Spark worker: settings JSON -> its DuckDB connection
 _original = {name: getattr(duckdb.DuckDBPyConnection, name)
              for name in ("cursor", "interrupt", "execute", "register", "unregister")}
 _original_cursor = _original["cursor"]
@@ -227,3 +234,18 @@ def _install() -> None:
     if isinstance(current, _SigintHandler) or not callable(current):
         return  # already ours, or SIG_IGN / SIG_DFL / set from C: the user chose, leave it
     signal.signal(signal.SIGINT, _SigintHandler(current))
+
+
+def shared_engine(make: Callable[[], Any]) -> Any:
+    """The process-wide engine, made by `make()` on first use."""
+    with _lock:
+        if not _engine:
+            _engine.append(make())  # closed at exit by its finalizer
+        return _engine[0]
+
+
+def _forget_after_fork() -> None:
+    _engine.clear()  # its loop thread and HTTP child belong to the parent
+
+
+os.register_at_fork(after_in_child=_forget_after_fork)

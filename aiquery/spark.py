@@ -27,12 +27,12 @@ from typing import Any
 
 import pyarrow as pa
 
+from . import _process
 from ._config import SETTING_NAMES, endpoints_config_path, load_endpoints
 from ._errors import ArgumentError
 from ._types import sql_string
 
 SETTINGS_CONF = "spark.aiquery.settings"
-_connections: dict[str, Any] = {}  # in a worker: settings JSON -> its DuckDB connection
 
 
 def register(spark: Any, *, endpoints: Mapping[str, Any] | None = None, config: str | os.PathLike | None = None,
@@ -78,10 +78,10 @@ def _connection() -> Any:
     if state is None:
         raise ArgumentError("aiquery's Spark functions have no settings in this job: "
                             "call aiquery.spark.register(spark) on the session that runs the query")
-    con = _connections.get(state)
+    con = _process.spark_connections.get(state)
     if con is None:
         settings = json.loads(state)
-        con = _connections[state] = aiquery.connect(endpoints=settings["endpoints"], config=settings["config"],
+        con = _process.spark_connections[state] = aiquery.connect(endpoints=settings["endpoints"], config=settings["config"],
                                                     cache=settings["cache"], progress=False)
     return con
 

@@ -130,3 +130,30 @@ print(b.execute("SELECT ai_query('chat', 'y')").fetchone()[0])
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["echo:", "x", "echo:", "y"]
+
+
+def test_a_forked_child_makes_its_own_shared_engine(endpoints, server):
+    """The shared engine's loop thread and HTTP child stay in the parent: a forked child (a
+    multiprocessing pool, a web server's workers) used to hang on its first query."""
+    import os
+
+    con = aiquery.connect(endpoints=endpoints)
+    assert answer(con) == "echo: hi"  # the parent's shared engine is running
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: a connection of its own, through a shared engine of its own
+        try:
+            child = aiquery.connect(endpoints=endpoints)
+            os.write(write, child.execute("SELECT ai_query('chat', 'from the child')").fetchone()[0].encode())
+        finally:
+            os._exit(0)
+    os.close(write)
+    import select
+    try:
+        assert select.select([read], [], [], 60)[0], "the forked child hung on its first query"
+        with os.fdopen(read) as reply:
+            assert reply.read() == "echo: from the child"
+    finally:
+        os.kill(pid, 9) if os.waitpid(pid, os.WNOHANG) == (0, 0) else None
+        os.waitpid(pid, 0)
+    assert answer(con) == "echo: hi"
