@@ -154,6 +154,8 @@ def test_a_forked_child_makes_its_own_shared_engine(endpoints, server):
         with os.fdopen(read) as reply:
             assert reply.read() == "echo: from the child"
     finally:
-        os.kill(pid, 9) if os.waitpid(pid, os.WNOHANG) == (0, 0) else None
-        os.waitpid(pid, 0)
+        reaped, _ = os.waitpid(pid, os.WNOHANG)
+        if reaped == 0:  # still there: it hung
+            os.kill(pid, 9)
+            os.waitpid(pid, 0)
     assert answer(con) == "echo: hi"
