@@ -14,6 +14,7 @@ Their names are numbered per registration, as ai_query's are (aiquery/_registrat
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 import duckdb
 import orjson
@@ -25,9 +26,11 @@ from ._cascade import Cascades
 from ._join import join
 from ._rank import top_k
 from ._steps import ManyRow, Step
-from ._udf import Registration
 
 _KINDS = {"agg": aggregate, "top_k": top_k, "join": join}
+
+if TYPE_CHECKING:  # it imports this module to install it
+    from ._registration import Registration
 
 
 def function_names(number: int) -> dict[str, str]:

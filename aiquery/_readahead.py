@@ -33,15 +33,21 @@ from __future__ import annotations
 
 import logging
 import threading
+import weakref
 from collections.abc import Callable
+from typing import Any
 
 import duckdb
 import pyarrow as pa
 
-from ._planner import Plan
+from . import _process
+from ._errors import AIQueryError
+from ._planner import Plan, plan
 
 log = logging.getLogger("aiquery")
 BATCH_ROWS = 1024  # rows per read of the read-ahead query
+MAX_PREBUILT = 100_000  # calls built ahead that DuckDB's batches have not taken yet (a bound on memory)
+MAX_PLANS = 256  # statements whose plans are kept
 WATCHED_BATCHES = 2  # DuckDB batches without a call on rejected rows: DuckDB filters those out first
 MAX_WATCHED = 100_000  # keys kept while undecided
 
@@ -162,6 +168,92 @@ class Prefetcher(threading.Thread):
             log.debug("aiquery: not reading ahead: %s", exc)
 
 
+class ReadAhead:
+    """One connection's reading ahead: plans per statement, the read-ahead cursor, and the calls
+    built ahead. The connection is held weakly (it holds this object through its UDF)."""
+
+    def __init__(self, connection: duckdb.DuckDBPyConnection, macros: list[str], sites: frozenset[str],
+                 build: Callable[..., tuple]) -> None:
+        self._connection = weakref.ref(connection)
+        self._cursor_lock = threading.Lock()  # a DuckDB connection object is used by one thread at a time
+        self._macros = macros  # the read-ahead cursor's: ai_query packs its arguments (aiquery/sql/readahead*.sql)
+        self.sites = sites  # ai_query and the task functions: what the planner reads ahead
+        self._build = build  # Registration.build: one row's arguments into (endpoint, options, call)
+        self._plans: dict[str, Plan] = {}
+        # Calls built ahead, by the row's raw arguments, so DuckDB's batch need not build them again.
+        # An entry is the same call whichever query asks; the bound only caps memory.
+        self._prebuilt: dict[tuple, Any] = {}
+
+    def _raw_cursor(self) -> duckdb.DuckDBPyConnection:
+        connection = self._connection()
+        if connection is None:
+            raise duckdb.ConnectionException("the connection was closed")
+        with self._cursor_lock:
+            return _process.raw_cursor(connection)
+
+    def _open_cursor(self) -> duckdb.DuckDBPyConnection:
+        cursor = self._raw_cursor()
+        _process.track_progress(cursor)  # how far it is gives the query's total rows (aiquery/_progress.py)
+        for statement in self._macros:
+            cursor.execute(statement)
+        return cursor
+
+    def plan(self, statement: str, context: _process.Context | None = None, parameters: Any = None) -> Plan:
+        """How reading ahead would go for `statement` run on `context` (see aiquery/_planner.py),
+        with `parameters` or else the ones it was last executed with there."""
+        cached = self._plans.get(statement)
+        if cached is not None:
+            return cached
+        registered = context.registered if context is not None else {}
+        if parameters is None and context is not None:
+            parameters = context.parameters_of(statement)
+        try:
+            cursor = self._raw_cursor()
+            try:
+                result = plan(statement, cursor, self.sites, registered, parameters)
+            finally:
+                cursor.close()
+        except duckdb.Error as exc:
+            result = Plan(refusal=f"it could not be planned ({exc})")
+        # Objects and parameters are looked up again each time: the names may mean new data.
+        if len(self._plans) < MAX_PLANS and not result.objects and result.parameters is None:
+            self._plans[statement] = result
+        return result
+
+    def calls(self, rows: list[tuple | None]) -> list:
+        """Calls for rows of a plan, each (endpoint, request, options, files) as the macros produce
+        them; rows that would fail are left for the real query, which reports them."""
+        calls = []
+        if len(self._prebuilt) > MAX_PREBUILT:
+            self._prebuilt.clear()
+        for raw in rows:
+            if raw is None or raw[1] is None:
+                continue
+            try:
+                call = self._build(*raw)[2]
+            except AIQueryError:
+                continue
+            self._prebuilt[raw] = call
+            calls.append(call)
+        return calls
+
+    def take(self, raw: tuple) -> Any:
+        """The call built ahead for a row's raw arguments (taken once), or None."""
+        return self._prebuilt.pop(raw, None)
+
+    def start(self, query: Any, statement: str, context: _process.Context | None, engine: Any) -> None:
+        """Plans `statement` and, if it can be read ahead, starts a Prefetcher for `query`."""
+        planned = self.plan(statement, context)
+        query.read_ahead = "yes" if planned.reads_ahead else f"no: {planned.refusal}"
+        query.source_rows = planned.source_rows
+        if not planned.reads_ahead:
+            query.may_read_ahead = False
+            return
+        query.prefetcher = Prefetcher(planned, self._open_cursor, self.calls,
+                                      lambda calls: engine.hold(calls, query), query.duckdb_turn)
+        query.prefetcher.start()
+
+
 def explain(con: duckdb.DuckDBPyConnection, sql: str, parameters: list | dict | None = None) -> list[Plan]:
     """For each statement of `sql`, whether aiquery reads it ahead on `con` and how each call of
     ai_query or a task function is sent (str() of a plan says it in words). Runs no model and changes
@@ -170,4 +262,5 @@ def explain(con: duckdb.DuckDBPyConnection, sql: str, parameters: list | dict | 
     from ._registration import registration_of
 
     registration, context = registration_of(con), context_of(con)
-    return [registration.plan(statement.query, context, parameters) for statement in duckdb.extract_statements(sql)]
+    return [registration.readahead.plan(statement.query, context, parameters)
+            for statement in duckdb.extract_statements(sql)]

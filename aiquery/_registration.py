@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
+import weakref
 from collections.abc import Mapping
 from importlib import resources
 from typing import Any
@@ -13,18 +15,22 @@ import orjson
 from duckdb import sqltypes
 
 from . import _process
-from ._cache import open_cache
-from ._config import (DEFAULT_CHAT_ENDPOINT, DEFAULT_CLASSIFY_ENDPOINT, DEFAULT_EMBEDDING_ENDPOINT, load_endpoints,
+from ._cache import ResponseCache, open_cache
+from ._calls import call_for, lookup
+from ._config import (DEFAULT_CHAT_ENDPOINT, Endpoint, DEFAULT_CLASSIFY_ENDPOINT, DEFAULT_EMBEDDING_ENDPOINT, load_endpoints,
                       read_allowed_hosts, read_default_endpoints, read_prices)
 from ._datasets import dataset_path
 from . import _manyrow
-from ._engine import Engine
+from ._engine import Call, Engine, Query
+from ._options import Options, read_options
+from ._providers import Target, resolve
+from ._readahead import ReadAhead
 from ._tasks import task_part
 from ._errors import ArgumentError, ConfigError
-from ._progress import interactive, query_status
+from ._progress import Progress, interactive, query_status
 from ._types import ddl_to_duckdb_sql, sql_string
-from ._udf import Registration, make_udf
-from ._usage import endpoint_rows, query_rows
+from ._udf import make_udf
+from ._usage import Price, endpoint_rows, price_of, query_rows
 
 UDF_PARAMETERS = [sqltypes.VARCHAR, sqltypes.VARCHAR, sqltypes.VARCHAR, sqltypes.BLOB, sqltypes.VARCHAR,
                   sqltypes.UBIGINT, sqltypes.UBIGINT]
@@ -79,6 +85,115 @@ def site_functions(macros: str) -> frozenset[str]:
         if not more:
             return frozenset(sites)
         sites |= more
+
+
+class Registration:
+    """What one connection's aiquery functions use: its endpoints, prices and settings, the engine,
+    the response cache, its macros and Python functions' names, its read-ahead, and the progress
+    lines of its queries. Built complete by register(); a connection or cursor reaches it through
+    its Context (aiquery/_process.py)."""
+
+    def __init__(self, endpoints: dict[str, Endpoint], engine: Engine, cache: ResponseCache | None,
+                 prices: dict[str, Price], connection: duckdb.DuckDBPyConnection, readahead_macros: list[str],
+                 macros: str, sites: frozenset[str], progress: bool = False):
+        self.endpoints = endpoints
+        self.engine = engine
+        self._cache = cache
+        self.prices = prices
+        self.estimator: Any = None  # set by aiquery/_estimate.py while it estimates
+        self.progress = progress    # show each query's progress
+        self.allowed_hosts: list[str] | None = None  # host patterns requests may go to (None: any)
+        for endpoint in endpoints.values():
+            if (endpoint.budget_usd is not None or endpoint.query_budget_usd is not None) and \
+                    price_of(endpoint.model, prices) is None:
+                raise ConfigError(f"endpoint {endpoint.name!r}: a USD budget needs the price of model "
+                                  f"{endpoint.model!r}: add [prices.{json.dumps(endpoint.model or '')}] with "
+                                  "input = and output = (USD per million tokens) to the config file")
+        self.readahead = ReadAhead(connection, readahead_macros, sites, self.build)
+        self._options: dict[str, Options] = {}
+        self._targets: dict[str, Target] = {}
+        self._params: dict[tuple[str, str], dict] = {}  # endpoint defaults merged with modelParameters
+        self._macros = macros  # rendered once; each connection or cursor fills in its number
+        self.function_names: dict[str, str] = {}
+        self.displays: weakref.WeakSet = weakref.WeakSet()  # progress lines of running queries
+
+    def settle_displays(self, timeout: float = 2.0) -> None:
+        """Waits until the progress lines of queries that have ended are closed (before printing after them)."""
+        for display in list(self.displays):
+            display.wait(timeout)
+
+    def macros(self, context: int) -> list[str]:
+        """The TEMP macros of aiquery's SQL functions for the connection or cursor numbered `context`."""
+        return [s.strip() for s in self._macros.replace("$CONTEXT", str(context)).split(";") if s.strip()]
+
+    @property
+    def cache(self) -> ResponseCache | None:
+        """The connection's response cache, opened again if it was closed (by _cache.close_all())."""
+        if self._cache is not None and self._cache.closed:
+            self._cache = open_cache(self._cache.path)
+        return self._cache
+
+    def options(self, text: str) -> Options:
+        opts = self._options.get(text)
+        if opts is None:
+            opts = read_options(text)
+            if len(self._options) >= 1024:  # per-row options (a column of modelParameters): keep it bounded
+                self._options.clear()
+                self._params.clear()
+            self._options[text] = opts
+        return opts
+
+    def prebuilt(self, name: Any, request: str, options: str, image: bytes | None) -> tuple[Endpoint, Options, Call]:
+        """build(), taking the call the read-ahead built for these arguments when there is one."""
+        call = self.readahead.take((name, request, options, image))
+        if call is None:
+            return self.build(name, request, options, image)
+        return call.endpoint, self.options(options), call
+
+    def build(self, name: Any, request: str, options: str, image: bytes | None) -> tuple[Endpoint, Options, Call]:
+        """The call for one row (request and options as the JSON texts the macros produce)."""
+        opts = self.options(options)
+        endpoint = lookup(self.endpoints, name)
+        target = self._targets.get(name)
+        if target is None:  # read when first used, so a key exported after connect() is found
+            target = self._targets[name] = self.engine.shared_auth(resolve(endpoint, self.allowed_hosts))
+        params = self._params.get((name, options))
+        if params is None:  # what every body of this endpoint and these options carries
+            model = {"model": endpoint.model} if target.sends_model and endpoint.model else {}
+            params = self._params[(name, options)] = {**model, **endpoint.model_parameters, **opts.params}
+        call = call_for(endpoint, target, orjson.loads(request), opts, params, image)
+        call.price = price_of(endpoint.model, self.prices)
+        call.batch = opts.batch if opts.batch is not None else endpoint.batch
+        if call.batch and (endpoint.provider != "openai" or endpoint.task == "custom"):
+            raise ArgumentError(f"batch => true: endpoint {endpoint.name!r} ({endpoint.provider}, {endpoint.task}) "
+                                "has no batch API; batch mode needs an OpenAI-compatible chat, completions or "
+                                "embeddings endpoint")
+        if opts.cache if opts.cache is not None else endpoint.cache:
+            call.cache = self.cache
+        return endpoint, opts, call
+
+    def start_query(self, context: int, statement: str, txid: int, window: int) -> Query:
+        """The engine's record of this query, entered (the caller calls query.leave() when its batch
+        returns); starts reading ahead when the query allows it."""
+        place = _process.context_by_number(context)
+        query, created = self.engine.query((context, txid, statement), window,
+                                           place.running if place is not None and place.tracked else None)
+        try:
+            if created and place is not None and place.interrupted(txid):
+                self.engine.cancel(lambda identity: identity == query.identity)  # interrupted before its first batch
+            if created and place is not None and place.tracked:
+                query.progress = place.fraction
+            if created and self.progress:
+                self.displays.add(Progress(lambda: query_status(query, self.prices), done=query.ended))
+            if created and window > 0:
+                self.readahead.start(query, statement, place, self.engine)
+            elif created:
+                query.read_ahead = "no: the endpoint's lookahead setting is 0"
+        except BaseException:
+            query.leave()
+            raise
+        return query
+
 
 
 def register(con: duckdb.DuckDBPyConnection, *, endpoints: Mapping[str, Any] | None = None,

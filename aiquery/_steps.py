@@ -19,7 +19,7 @@ import math
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
@@ -28,9 +28,14 @@ from ._config import Endpoint
 from ._engine import Call, Query
 from ._errors import AIQueryError, ArgumentError
 from ._estimate import MESSAGE_OVERHEAD, prompt_token_counter
-from ._udf import Options, Registration, _lookup, _value
+from ._answers import value as answer_value_of
+from ._calls import lookup
+from ._options import Options
 
 PLAN_HISTORY = 200  # plan records kept (the most recent)
+
+if TYPE_CHECKING:  # it imports this module to install it
+    from ._registration import Registration
 
 
 @dataclass
@@ -115,7 +120,7 @@ class Step:
         return self.registration.estimator is not None
 
     def endpoint(self, name: Any, task: str, function: str) -> Endpoint:
-        endpoint = _lookup(self.registration.endpoints, name)
+        endpoint = lookup(self.registration.endpoints, name)
         if endpoint.task != task:
             raise ArgumentError(f"{function}: endpoint {endpoint.name!r} is a {endpoint.task} endpoint; "
                                 f"it needs a {task} endpoint")
@@ -174,7 +179,7 @@ def answer_value(endpoint: Endpoint, answer: Any, opts: Options) -> Any:
     """The checked value of a step's answer (a JSON answer parsed); its error raised as it is."""
     if isinstance(answer, AIQueryError):
         raise answer
-    value = _value(endpoint, answer, opts)
+    value = answer_value_of(endpoint, answer, opts)
     return orjson.loads(value) if opts.expects_json and opts.output_type is None else value
 
 
