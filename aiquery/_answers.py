@@ -13,7 +13,7 @@ from ._config import Endpoint
 from ._errors import AIQueryError, OutputError
 from ._options import Options
 from ._scrub import printable
-from ._types import SqlType, check_enums, conform, parse_output
+from ._sqltypes import SqlType, check_enums, conform, parse_output
 
 def _check_enums(value: Any, response_format: dict[str, Any] | None) -> None:
     """A json_schema responseFormat's values with an `enum` hold only the values listed."""

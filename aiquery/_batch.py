@@ -55,7 +55,9 @@ from ._retry import should_retry, wait_after
 from ._transport import Response, timed_out, unreachable
 
 if TYPE_CHECKING:
-    from ._engine import Call, Engine, Query
+    from ._calls import Call
+    from ._engine import Engine
+    from ._query import Query
 
 STORE_NAME = "batches.sqlite3"
 TERMINAL = ("completed", "failed", "expired", "cancelled")

@@ -43,7 +43,7 @@ from ._progress import interactive
 from ._registration import connect, registration_of
 from ._shell import Shell
 from ._scrub import printable, safe_url
-from ._types import sql_string
+from ._sqltypes import sql_string
 from ._usage import price_of
 
 RESULT_TABLE = "__aiquery_result"

@@ -37,7 +37,7 @@ from sqlglot import exp
 from sqlglot.errors import ErrorLevel, ParseError, UnsupportedError
 
 from ._errors import ArgumentError
-from ._types import SqlType, parse_type
+from ._sqltypes import SqlType, parse_type
 
 DIALECTS = ("databricks", "duckdb")
 _ALIASES = {"databricks": "databricks", "spark": "databricks", "duckdb": "duckdb"}

@@ -16,9 +16,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import concurrent.futures
-import contextlib
 import dataclasses
-import hashlib
 import itertools
 import os
 import threading
@@ -41,6 +39,8 @@ from ._providers import Target
 from ._retry import is_retryable_status, parse_retry_after, should_retry, wait_after
 from ._scrub import Secrets, printable, shorten
 from ._usage import QUERY_HISTORY, Price, Usage
+from ._calls import Call
+from ._query import Query
 from ._http_process import ProcessTransport
 from ._local import SCHEME as LOCAL_SCHEME, LocalTransport
 from ._transport import AiohttpTransport, Response, Transport
@@ -49,65 +49,11 @@ _PARSERS: dict[str, Callable[[bytes, str, dict], _wire.Answer]] = {
     "chat": _wire.parse_chat, "completions": _wire.parse_completions, "custom": _wire.parse_custom,
 }
 AUTH_RESENDS = 2     # times one request goes again after a 401, each time with a newer token
-MEMO_SIZE = 50_000   # answers a query remembers for repeats of the same request
 MAX_BEHIND = 100_000  # rows DuckDB may be ahead of the prefetcher before reading ahead stops
 QUERY_IDLE_END = 2.0  # seconds without a UDF call after which a query DuckDB cannot tell about counts as finished
 WATCH_INTERVAL = 0.02  # seconds between looks at whether DuckDB still runs each query
 _INTERRUPTED = ("query interrupted: requests in flight were cancelled; answers received are kept in the "
                 "response cache, so running the statement again sends only the rest")
-
-
-class Call:
-    """One row's request. Embedding calls carry their text in `text`; `body` holds the rest.
-    `payload` is the body as sent, keys in the order they were built (encoded here, on DuckDB's or
-    the prefetcher's thread, not on the engine's busy loop): a json_schema's properties reach the
-    model in the order the user declared them, which "reason first" schemas depend on. `key` is
-    what identical requests share, here and in the response cache: provider, URL, headers (the key
-    among them, see Target.identity), the body with its keys sorted and text, hashed, plus the
-    order of any schema's properties that are not in sorted order (that order changes what the
-    model does; other key orders do not, and a schema already sorted keeps the key it had when
-    bodies were sent sorted). `cache` is where its answer is kept, if anywhere.
-    `batch`: sent through the provider's batch API (aiquery/_batch.py) instead of on its own."""
-
-    __slots__ = ("endpoint", "target", "body", "text", "payload", "key", "cache", "price", "batch")
-
-    def __init__(self, endpoint: Endpoint, target: Target, body: dict[str, Any], text: str | None = None,
-                 cache: ResponseCache | None = None):
-        self.endpoint, self.target, self.body, self.text, self.cache = endpoint, target, body, text, cache
-        self.price: Price | None = None
-        self.batch = False
-        self.payload = orjson.dumps(body)
-        digest = hashlib.blake2b(f"{endpoint.provider}\0{target.url}\0".encode(), digest_size=16)
-        digest.update(target.identity)
-        digest.update(orjson.dumps(body, option=orjson.OPT_SORT_KEYS))
-        orders = _unsorted_properties(body)
-        if orders:
-            digest.update(b"\0properties\0" + orjson.dumps(orders))
-        if text is not None:
-            digest.update(b"\0" + text.encode())
-        self.key = digest.digest()
-
-
-_CONTENT_KEYS = ("messages", "prompt", "input", "dataframe_records", "inputs")  # data, never a schema
-
-
-def _unsorted_properties(body: dict[str, Any]) -> list[list[str]]:
-    """The property names of every JSON schema object in `body` (response_format, tools) whose
-    properties are not in sorted order (the walk's order is fixed, so equal bodies give equal lists)."""
-    found: list[list[str]] = []
-    stack = [value for name, value in body.items() if name not in _CONTENT_KEYS]
-    while stack:
-        node = stack.pop()
-        if isinstance(node, dict):
-            properties = node.get("properties")
-            if isinstance(properties, dict):
-                names = list(properties)
-                if names != sorted(names):
-                    found.append(names)
-            stack.extend(node.values())
-        elif isinstance(node, list):
-            stack.extend(node)
-    return found
 
 
 @dataclass
@@ -131,104 +77,6 @@ class _Entry:
     work: _Work | None = None
     waiters: int = 0  # batches waiting on it now
     held: int = 0     # rows a prefetcher registered that no batch has taken yet
-
-
-@dataclass
-class Query:
-    """One running query (identified by DuckDB's transaction id and text): its memo and prefetch holds."""
-
-    identity: tuple
-    window: int  # rows the prefetcher may hold that no batch has taken yet
-    number: int = 0  # the engine's count of queries, shown in aiquery_query_usage()
-    started: float = field(default_factory=time.time)
-    finished: float | None = None
-    usage: dict[tuple[str, str | None], Usage] = field(default_factory=dict)  # by endpoint name and model
-    memo: collections.OrderedDict = field(default_factory=collections.OrderedDict)
-    # Rows are matched one to one between the prefetcher and DuckDB's batches: a row the
-    # prefetcher registered first is in `holds` until a batch takes it; a row a batch took first
-    # is in `taken`, so the prefetcher skips it when it gets there.
-    holds: collections.Counter = field(default_factory=collections.Counter)
-    taken: collections.Counter = field(default_factory=collections.Counter)
-    active: int = 0  # batches in the engine now (loop side)
-    last_active: float = field(default_factory=time.monotonic)
-    stopped: threading.Event = field(default_factory=threading.Event)  # no more reading ahead
-    ended: threading.Event = field(default_factory=threading.Event)    # no more requests at all
-    cancelled: threading.Event = field(default_factory=threading.Event)  # Ctrl-C or con.interrupt()
-    # Whether DuckDB runs a query on the query's connection or cursor (aiquery._process.Context.running).
-    # DuckDB also answers no while a query runs whose progress it cannot measure, so a no while no
-    # batch of it is in the engine only *pauses* what was read ahead for it (nothing more is sent
-    # until its next batch arrives); the query ends if it stays so for the engine's idle_end.
-    running: Callable[[], bool] | None = None
-    progress: Callable[[], float] | None = None  # DuckDB's estimate of how far the query is, 0 to 1 (or None)
-    source_rows: int | None = None  # rows of the table it scans, when it is not read ahead (aiquery/_planner.py)
-    rows_seen: int = 0      # rows DuckDB has handed to ai_query so far
-    rows_done: int = 0      # rows whose answer (or error) DuckDB has got back
-    deduplicated: int = 0   # of them, rows whose request was a repeat of another row's in this query
-    paused: bool = False
-    seen_running: bool = False  # DuckDB's progress has shown it running at least once
-    parked: list = field(default_factory=list)  # (runtime, work) read ahead and not sent while paused
-    # The prefetcher touches DuckDB only while a UDF call of this query runs, and a UDF call does
-    # not return while the prefetcher is inside DuckDB: the query cannot end (and the user cannot
-    # close the connection) while a cursor of it is busy.
-    gate: threading.Condition = field(default_factory=threading.Condition)
-    udf_calls: int = 0
-    prefetch_busy: bool = False
-    prefetcher: threading.Thread | None = None
-    may_read_ahead: bool = False  # a prefetcher runs or is being planned: batches record what they took
-    read_ahead: str = "no: it came back after it had gone quiet"  # or "yes", or "no: <why>"
-    room: threading.Condition = field(default_factory=threading.Condition)
-    held_rows: int = 0  # window slots in use
-
-    def reserve(self, n: int) -> bool:
-        """Waits until `n` more rows fit in the window (all of it, if n is larger); False once stopped."""
-        with self.room:
-            while self.held_rows + n > max(self.window, n) and not self.stopped.is_set():
-                self.room.wait(0.1)
-            if self.stopped.is_set():
-                return False
-            self.held_rows += n
-            return True
-
-    def free(self, n: int = 1) -> None:
-        with self.room:
-            self.held_rows -= n
-            self.room.notify_all()
-
-    def enter(self) -> None:
-        """A call of ai_query for this query begins (Engine.query does it); leave() when it returns."""
-        with self.gate:
-            self.udf_calls += 1
-            self.gate.notify_all()
-
-    def leave(self) -> None:
-        """The call returns, once the read-ahead is out of DuckDB (so the query cannot end under it)."""
-        with self.gate:
-            self.udf_calls -= 1
-            while self.prefetch_busy:
-                self.gate.wait()
-
-    @contextlib.contextmanager
-    def duckdb_turn(self):
-        """Waits until DuckDB may be used for reading ahead; yields False if the query ended."""
-        with self.gate:
-            while self.udf_calls == 0 and not self.stopped.is_set():
-                self.gate.wait(0.1)
-            if self.stopped.is_set():
-                yield False
-                return
-            self.prefetch_busy = True
-        try:
-            yield True
-        finally:
-            with self.gate:
-                self.prefetch_busy = False
-                self.gate.notify_all()
-
-    def remember(self, key: bytes, outcome: Any) -> None:
-        self.memo[key] = outcome
-        self.memo.move_to_end(key)
-        if len(self.memo) > MEMO_SIZE:
-            self.memo.popitem(last=False)
 
 
 @dataclass

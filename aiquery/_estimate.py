@@ -35,7 +35,7 @@ from typing import Any
 import duckdb
 
 from ._config import Endpoint
-from ._engine import Call
+from ._calls import Call
 from ._models import token_counter
 from ._usage import Price, price_of
 

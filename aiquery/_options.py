@@ -11,7 +11,7 @@ from typing import Any
 from . import _wire
 from ._errors import ArgumentError
 from ._tasks import Spec, spec
-from ._types import SqlType, parse_type
+from ._sqltypes import SqlType, parse_type
 
 _FORMAT_TYPES = ("text", "json_object", "json_schema")
 

@@ -21,14 +21,16 @@ from ._config import (DEFAULT_CHAT_ENDPOINT, Endpoint, DEFAULT_CLASSIFY_ENDPOINT
                       read_allowed_hosts, read_default_endpoints, read_prices)
 from ._datasets import dataset_path
 from . import _manyrow
-from ._engine import Call, Engine, Query
+from ._calls import Call
+from ._engine import Engine
+from ._query import Query
 from ._options import Options, read_options
 from ._providers import Target, resolve
 from ._readahead import ReadAhead
 from ._tasks import task_part
 from ._errors import ArgumentError, ConfigError
 from ._progress import Progress, interactive, query_status
-from ._types import ddl_to_duckdb_sql, sql_string
+from ._sqltypes import ddl_to_duckdb_sql, sql_string
 from ._udf import make_udf
 from ._usage import Price, endpoint_rows, price_of, query_rows
 

@@ -25,7 +25,8 @@ import orjson
 
 from . import _wire
 from ._config import Endpoint
-from ._engine import Call, Query
+from ._calls import Call
+from ._query import Query
 from ._errors import AIQueryError, ArgumentError
 from ._estimate import MESSAGE_OVERHEAD, prompt_token_counter
 from ._answers import value as answer_value_of

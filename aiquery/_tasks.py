@@ -26,7 +26,7 @@ from json.decoder import scanstring
 from typing import Any
 
 from ._errors import ArgumentError, OutputError
-from ._types import SqlType, check_enums, conform, forbidden_in_name, parse_output
+from ._sqltypes import SqlType, check_enums, conform, forbidden_in_name, parse_output
 
 PARTS = ("instruction", "format", "type")
 _CLASSIFY_OPTIONS = {"multilabel": bool, "instructions": str, "confidence": bool, "rationale": bool}

@@ -16,7 +16,7 @@ import pyarrow as pa
 
 from . import _answers
 from ._config import BATCH_LOOKAHEAD, Endpoint
-from ._engine import Call
+from ._calls import Call
 from ._errors import AIQueryError, ArgumentError, OutputError, UnknownEndpointError
 from ._options import Options
 from ._scrub import shorten

@@ -30,7 +30,7 @@ import pyarrow as pa
 from . import _process
 from ._config import SETTING_NAMES, endpoints_config_path, load_endpoints
 from ._errors import ArgumentError
-from ._types import sql_string
+from ._sqltypes import sql_string
 
 SETTINGS_CONF = "spark.aiquery.settings"
 

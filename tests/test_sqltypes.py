@@ -1,4 +1,4 @@
-"""aiquery._types against a real DuckDB 2.0: parsing, the SQL conversion, JSON schemas, conform."""
+"""aiquery._sqltypes against a real DuckDB 2.0: parsing, the SQL conversion, JSON schemas, conform."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from aiquery._errors import ArgumentError, OutputError
-from aiquery._types import (
+from aiquery._sqltypes import (
     _ALIASES, _INT_RANGES, _SPELLINGS, MAX_GENERIC_DEPTH, SqlType, conform, ddl_to_duckdb_sql,
     parse_output, parse_type,
 )
