@@ -26,7 +26,8 @@ Sites it leaves to the batch-by-batch path, each with the reason (Site.reason):
   any site of a WHERE with two conditions that call models (DuckDB may evaluate either first).
 And whole statements (Plan.refusal): LIMIT or SAMPLE (DuckDB stops early, at rows a second query
 cannot know), volatile functions (random(), now(), nextval(): other arguments the second time),
-and sources another cursor cannot see (TEMP tables and views are private to their connection).
+and sources another cursor cannot see (TEMP views and large TEMP tables are private to their
+connection; smaller TEMP tables are read from a copy, aiquery/_readahead.py).
 """
 
 from __future__ import annotations
@@ -503,7 +504,9 @@ def plan(statement: str, cursor: duckdb.DuckDBPyConnection, sites: frozenset[str
     catalog = {name for (name,) in cursor.execute(
         "SELECT table_name FROM duckdb_tables() UNION SELECT view_name FROM duckdb_views()").fetchall()}
     missing = []
-    for name in sorted((_sources(prefetch) - catalog - _cte_names(prefetch)) | python):
+    sources = _sources(prefetch)
+    # A registered object or a TEMP table shadows a table of the same name, as it does in DuckDB.
+    for name in sorted(((sources - catalog) | (sources & set(registered or {})) | python) - _cte_names(prefetch)):
         value = (registered or {}).get(name)
         value = value if value is not None else _python_object(name)
         if value is None:
@@ -512,9 +515,11 @@ def plan(statement: str, cursor: duckdb.DuckDBPyConnection, sites: frozenset[str
             result.objects[name] = value
     if missing:
         result.sql = None
-        result.refusal = (f"it reads {', '.join(missing)}, which a second cursor cannot see: a TEMP table or "
-                          "view (DuckDB keeps those per connection). A regular table (CREATE TABLE, also in "
-                          ":memory:) or a registered DataFrame is read ahead")
+        result.refusal = (f"it reads {', '.join(missing)}, which a second cursor cannot see: a TEMP view, or a "
+                          "TEMP table too large to copy or read through con.sql() (DuckDB keeps those per "
+                          "connection; aiquery copies a TEMP table of up to 200,000 rows for a statement run "
+                          "with con.execute()). A regular table (CREATE TABLE, also in :memory:) or a "
+                          "registered DataFrame is read ahead")
         return _none_read(result)
     return result
 

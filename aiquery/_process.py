@@ -10,8 +10,11 @@ Installed once, by the first registration (aiquery.connect / aiquery.register):
 * `DuckDBPyConnection.interrupt` is wrapped: it also cancels the requests of the queries running
   on that connection or cursor, at once; DuckDB's own interrupt waits for the running batch.
 * `execute`, `register` and `unregister` are wrapped to note, on an aiquery context, the parameter
-  values a statement runs with and the Python objects registered by name: reading ahead runs a
-  second query over the same data on another cursor, which sees neither (aiquery/_planner.py).
+  values a statement runs with, the Python objects registered by name, and a copy of the TEMP
+  tables a statement calling ai_ functions names: reading ahead runs a second query over the same
+  data on another cursor, which sees none of them (aiquery/_planner.py, aiquery/_readahead.py
+  `snapshot_temp_tables`). `sql` is left alone: DuckDB finds the Python variables a statement
+  names in the frame that calls it, and a wrapper would be that frame.
   When `execute` returns with nothing left to fetch, the statement's queries end there and then
   (otherwise the engine's watch of DuckDB's progress ends them).
 * A SIGINT handler (Ctrl-C in a terminal, "interrupt kernel" in Jupyter) cancels every running
@@ -77,6 +80,7 @@ class Context:
         self.interrupted_before: int | None = None
         self.registered: dict[str, Any] = {}  # con.register(name, object) here
         self.parameters: tuple[str, Any] | None = None  # the last statement executed with parameters, and them
+        self.snapshots: dict[str, Any] = {}  # TEMP tables the last statement names, copied (used once)
         # Without DuckDB's progress, a query here ends when it has gone idle (Engine idle_end).
         self.tracked = track_progress(connection)
         for statement in registration.macros(self.number):
@@ -181,11 +185,19 @@ def _interrupt(self: duckdb.DuckDBPyConnection) -> None:
         context.interrupt()
 
 
+def _before_statement(connection: duckdb.DuckDBPyConnection, context: Context, query: object) -> None:
+    context.snapshots = {}
+    if isinstance(query, str):
+        from ._readahead import snapshot_temp_tables
+        context.snapshots = snapshot_temp_tables(connection, query)
+
+
 def _execute(self: duckdb.DuckDBPyConnection, query: object, parameters: object | None = None):
     context = contexts.get(self)
     if context is None:
         return _original["execute"](self, query, parameters)
     context.parameters = (query, parameters) if parameters is not None and isinstance(query, str) else None
+    _before_statement(self, context, query)
     try:
         return _original["execute"](self, query, parameters)
     finally:

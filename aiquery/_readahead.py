@@ -22,6 +22,10 @@ What it promises:
   (Engine.end_query, the engine's watch of DuckDB's progress), and an interrupt never waits for it.
 * Reads a source again only where that is harmless: tables, views, files, and Python data frames
   / Arrow tables (iterators and readers, which a second scan would consume, are not read ahead).
+  A TEMP table, which only its own connection sees, is copied when con.execute() is handed the
+  statement (before it runs; at most MAX_SNAPSHOT_ROWS rows) and the copy is read ahead: it holds
+  what the statement reads, because a temp table changes only through its connection. (con.sql()
+  cannot be watched so: DuckDB finds Python variables in the frame that calls it.)
 
 What it refuses is the planner's (aiquery/_planner.py), each refusal with its reason in words,
 shown by aiquery.explain(con, sql) and `aiquery explain` before a query runs, and by the
@@ -32,6 +36,7 @@ runs batch by batch, with the same results and the same requests.
 from __future__ import annotations
 
 import logging
+import re
 import threading
 import weakref
 from collections.abc import Callable
@@ -50,6 +55,24 @@ MAX_PREBUILT = 100_000  # calls built ahead that DuckDB's batches have not taken
 MAX_PLANS = 256  # statements whose plans are kept
 WATCHED_BATCHES = 2  # DuckDB batches without a call on rejected rows: DuckDB filters those out first
 MAX_WATCHED = 100_000  # keys kept while undecided
+MAX_SNAPSHOT_ROWS = 200_000  # a TEMP table larger than this is not copied for reading ahead (memory)
+_CALLS_A_MODEL = re.compile(r"(?i)\bai_")
+
+
+def snapshot_temp_tables(connection: duckdb.DuckDBPyConnection, statement: str, limit: str = "") -> dict[str, pa.Table]:
+    """Copies of the TEMP tables `statement` names, if it calls ai_ functions, for the read-ahead
+    cursor (which cannot see them); the connection is idle (its user is about to run `statement`).
+    `limit` " LIMIT 0" copies only their columns (for explain)."""
+    if not _CALLS_A_MODEL.search(statement):
+        return {}
+    try:
+        found = connection.sql("SELECT table_name, estimated_size FROM duckdb_tables() WHERE temporary "
+                        "AND regexp_matches(?, '(?i)\\b' || regexp_escape(table_name) || '\\b')",
+                    params=[statement]).fetchall()
+        return {name: connection.sql(f'SELECT * FROM temp.main."{name.replace(chr(34), chr(34) * 2)}"{limit}')
+                .to_arrow_table() for name, rows in found if rows <= MAX_SNAPSHOT_ROWS}
+    except duckdb.Error:  # e.g. a transaction DuckDB aborted: the statement itself will say so
+        return {}
 
 
 def _packed(column) -> list[tuple | None]:
@@ -201,10 +224,13 @@ class ReadAhead:
     def plan(self, statement: str, context: _process.Context | None = None, parameters: Any = None) -> Plan:
         """How reading ahead would go for `statement` run on `context` (see aiquery/_planner.py),
         with `parameters` or else the ones it was last executed with there."""
-        cached = self._plans.get(statement)
+        snapshots = context.snapshots if context is not None else {}
+        cached = None if snapshots else self._plans.get(statement)
         if cached is not None:
             return cached
-        registered = context.registered if context is not None else {}
+        registered = {**context.registered, **snapshots} if context is not None else {}
+        if context is not None:
+            context.snapshots = {}  # a copy serves the statement it was made for, not later runs
         if parameters is None and context is not None:
             parameters = context.parameters_of(statement)
         try:
@@ -257,10 +283,15 @@ class ReadAhead:
 def explain(con: duckdb.DuckDBPyConnection, sql: str, parameters: list | dict | None = None) -> list[Plan]:
     """For each statement of `sql`, whether aiquery reads it ahead on `con` and how each call of
     ai_query or a task function is sent (str() of a plan says it in words). Runs no model and changes
-    nothing. `parameters`: the values the statement will be executed with, if it has any."""
+    nothing. `parameters`: the values the statement will be executed with, if it has any. It answers
+    for con.execute(), which also reads ahead of TEMP tables (con.sql() does not)."""
     from ._process import context_of
     from ._registration import registration_of
 
     registration, context = registration_of(con), context_of(con)
-    return [registration.readahead.plan(statement.query, context, parameters)
-            for statement in duckdb.extract_statements(sql)]
+    plans = []
+    for statement in duckdb.extract_statements(sql):
+        if context is not None:  # what a TEMP table's copy would look like, without copying its rows
+            context.snapshots = snapshot_temp_tables(con, statement.query, " LIMIT 0")
+        plans.append(registration.readahead.plan(statement.query, context, parameters))
+    return plans

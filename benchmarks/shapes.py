@@ -39,7 +39,7 @@ SHAPES = [
     Shape("CASE WHEN", "SELECT CASE WHEN length(prompt) > 0 THEN ai_query('e', prompt) END FROM reviews", ALL),
     Shape("GROUP BY the answer", "SELECT ai_query('e', prompt) AS a, count(*) FROM reviews GROUP BY a", ALL),
     Shape("CTAS over a TEMP table", "CREATE TABLE s AS SELECT prompt, ai_query('e', prompt) FROM tmp", ALL,
-          setup="CREATE TEMP TABLE tmp AS SELECT * FROM reviews", refused="TEMP table: invisible to other cursors"),
+          setup="CREATE TEMP TABLE tmp AS SELECT * FROM reviews"),
     Shape("parameters (con.execute(sql, [n]))", "SELECT ai_query('e', prompt) FROM reviews WHERE id < ?",
           f"SELECT count(*) FROM reviews WHERE id < {{half}}"),
     Shape("ai_gen", "SELECT ai_gen(prompt, endpoint => 'e') FROM reviews", ALL),

@@ -50,7 +50,7 @@ def test_repeats_within_a_query_are_sent_once(con, server):
     assert len(result) == 10 and len(server.requests) == 10
 
 
-def test_a_temp_table_cannot_be_read_ahead_and_still_gives_every_row(con, server):
+def test_a_temp_table_read_through_con_sql_gives_every_row_once(con, server):
     con.sql("CREATE TEMP TABLE t AS SELECT i AS id, 'row ' || i AS p FROM range(3000) r(i)")
     result = con.sql("SELECT id, ai_query('chat', p) FROM t").fetchall()
     assert sorted(result) == [(i, f"echo: row {i}") for i in range(3000)]

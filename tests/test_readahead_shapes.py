@@ -46,7 +46,9 @@ SHAPES = [
     Shape("distinct", "SELECT DISTINCT ai_query('chat', p) FROM t", True),
     Shape("order by the answer", "SELECT id FROM t ORDER BY ai_query('chat', p)", True),
     Shape("aggregate of answers", "SELECT category, max(ai_query('chat', p)) FROM t GROUP BY category", True),
-    Shape("temp table", "CREATE OR REPLACE TABLE s AS SELECT ai_query('chat', p) FROM tt", False, why="TEMP"),
+    Shape("temp table", "CREATE OR REPLACE TABLE s AS SELECT ai_query('chat', p) FROM tt", True),
+    Shape("temp table with a filter", "SELECT ai_query('chat', p) FROM tt WHERE id % 4 <> 3", True),
+    Shape("temp view", "SELECT ai_query('chat', p) FROM tv", False, why="TEMP view"),
     Shape("parameters", "SELECT ai_query('chat', p) FROM t WHERE id < ?", True, parameters=[4000]),
     Shape("named parameters", "SELECT ai_query('chat', p), $tag FROM t WHERE id >= $low", True,
           parameters={"low": 1, "tag": "x"}),
@@ -86,6 +88,7 @@ def prepare(con, endpoints_frame):
     con.execute(f"CREATE TABLE t AS SELECT i AS id, CASE WHEN i = 1 THEN '{SLOW}' ELSE 'row ' || i END AS p, "
                 f"'c' || (i % 7) AS category FROM range({ROWS}) r(i)")
     con.execute("CREATE TEMP TABLE tt AS SELECT * FROM t")
+    con.execute("CREATE TEMP VIEW tv AS SELECT * FROM t")
     con.execute("CREATE VIEW v AS SELECT * FROM t WHERE id % 9 <> 4")
     con.execute("CREATE TABLE cats AS SELECT 'c' || i AS category, 'name' || i AS name FROM range(7) r(i)")
     con.execute("CREATE TABLE s2 (a VARCHAR)")
@@ -157,16 +160,50 @@ def test_a_shape_reads_ahead_as_designed_and_sends_what_batch_by_batch_sends(sha
 
 def test_explain_says_per_call_whether_it_is_read_ahead(con):
     con.execute("CREATE TABLE t AS SELECT i AS id, 'row ' || i AS p FROM range(10) r(i)")
-    con.execute("CREATE TEMP TABLE tt AS SELECT * FROM t")
+    con.execute("CREATE TEMP VIEW tv AS SELECT * FROM t")
     first, second, third = aiquery.explain(con, """
         SELECT ai_query('chat', p) FROM t;
         SELECT ai_summarize(p) FROM t WHERE ai_filter(p, 'long');
-        CREATE TABLE s AS SELECT ai_query('chat', p) FROM tt""")
+        CREATE TABLE s AS SELECT ai_query('chat', p) FROM tv""")
     assert first.reads_ahead and [s.read_ahead for s in first.sites] == [True]
     assert [(s.function, s.read_ahead) for s in second.sites] == [("ai_summarize", False), ("ai_filter", True)]
     assert "model's answer in WHERE" in second.sites[0].reason
-    assert not third.reads_ahead and "TEMP table" in third.refusal
+    assert not third.reads_ahead and "TEMP view" in third.refusal
     assert "read ahead: no" in str(third) and "ai_query('chat', p): batch by batch" in str(third)
+
+
+def test_a_temp_table_is_read_ahead_from_a_copy_that_shadows_a_table_of_its_name(con, server):
+    # The TEMP table shadows the regular one, in DuckDB and in what is read ahead: only its rows are sent.
+    con.execute("CREATE TABLE t AS SELECT i AS id, 'main ' || i AS p FROM range(3000) r(i)")
+    con.execute("CREATE TEMP TABLE t AS SELECT i AS id, 'temp ' || i AS p FROM range(3000) r(i)")
+    (plan,) = aiquery.explain(con, "SELECT ai_query('chat', p) FROM t")
+    assert plan.reads_ahead, plan
+    assert server.requests == []  # explaining copies no rows and sends nothing
+    rows = con.execute("SELECT id, ai_query('chat', p) FROM t").fetchall()
+    assert sorted(rows) == [(i, f"echo: temp {i}") for i in range(3000)]
+    sent = [r.body["messages"][0]["content"] for r in server.requests]
+    assert len(sent) == 3000 and all(p.startswith("temp ") for p in sent)
+    assert con.sql("SELECT read_ahead FROM aiquery_query_usage() ORDER BY query_id DESC LIMIT 1").fetchall() == [("yes",)]
+
+
+def test_a_temp_table_changed_between_statements_is_copied_again(con, server):
+    con.execute("CREATE TEMP TABLE tt AS SELECT i AS id, 'first ' || i AS p FROM range(2500) r(i)")
+    con.execute("CREATE TABLE a AS SELECT ai_query('chat', p) FROM tt")
+    con.execute("UPDATE tt SET p = 'second ' || id")
+    server.reset()
+    con.execute("CREATE TABLE b AS SELECT ai_query('chat', p) AS x FROM tt")
+    assert con.sql("SELECT count(*) FROM b WHERE x LIKE 'echo: second %'").fetchall() == [(2500,)]
+    sent = [r.body["messages"][0]["content"] for r in server.requests]
+    assert len(sent) == 2500 and all(p.startswith("second ") for p in sent)
+
+
+def test_a_temp_table_too_large_to_copy_runs_batch_by_batch(con, server, monkeypatch):
+    monkeypatch.setattr("aiquery._readahead.MAX_SNAPSHOT_ROWS", 1000)
+    con.execute("CREATE TEMP TABLE tt AS SELECT i AS id, 'row ' || i AS p FROM range(2500) r(i)")
+    assert len(con.execute("SELECT ai_query('chat', p) FROM tt").fetchall()) == 2500
+    assert len(server.requests) == 2500
+    ((why,),) = con.sql("SELECT read_ahead FROM aiquery_query_usage() ORDER BY query_id DESC LIMIT 1").fetchall()
+    assert why.startswith("no: ") and "too large to copy" in why
 
 
 def test_explain_runs_no_model_and_changes_nothing(con, server):
