@@ -48,6 +48,10 @@ string value of the first record (custom models). Syntax [[name]], [[name=value]
     [[html]]                    502 with an HTML page (text/html); [[html=503]] another status;
                                 the options retry_after / retry_after_ms as for status
     [[sleep=0.2]]               wait that long before answering (added to `latency`)
+    [[hold]]                    wait until a request arrives for which `server.hold_released_by(record)`
+                                is true (from then on, until reset(), holds end at once), or at
+                                most `server.hold_max` seconds: "answer this row only once the client
+                                has sent that one", an order of events that holds on any machine
     [[reply=TEXT]]              chat/completion content is exactly TEXT: everything up to the LAST
                                 "]]" of the text, so TEXT may hold brackets (JSON)
     [[reasoning]]               chat content becomes [reasoning block, text block]
@@ -410,6 +414,8 @@ class FakeServer:
         self.embedding_dim = embedding_dim
         self.reply = reply  # chat body -> content (None: the usual answer); a reference that knows the labels
         self.embedding = embedding  # text -> vector, instead of the hash vectors
+        self.hold_released_by: Callable[[Received], bool] | None = None  # see [[hold]]
+        self.hold_max = 60.0
         self.host = host
         self.port = port
         self.url = ""
@@ -492,6 +498,7 @@ class FakeServer:
 
     def reset(self) -> None:
         with self._lock:
+            self._held_released = False  # [[hold]]: a request hold_released_by accepts has arrived
             self._requests: list[Received] = []
             self._peak = 0
             self._failures: dict[tuple[str, str], int] = {}  # (directive, body hash) -> arrivals counted
@@ -524,6 +531,8 @@ class FakeServer:
         )
         with self._lock:
             self._requests.append(record)
+            if self.hold_released_by is not None and self.hold_released_by(record):
+                self._held_released = True
         try:
             response = await self._route(request, record)
         except Exception:
@@ -651,6 +660,10 @@ class FakeServer:
             delay += self.prefill_per_token * (len(prompt) - cached)
         if delay > 0:
             await asyncio.sleep(delay)
+        if "hold" in directives:
+            deadline = time.monotonic() + self.hold_max
+            while not self._held_released and time.monotonic() < deadline:
+                await asyncio.sleep(0.005)
 
         if "reset" in faults:
             # SO_LINGER 0 makes close() send RST: the client sees a connection reset, not a clean EOF.
