@@ -83,6 +83,19 @@ def markdown(sections: list[Section], machine: dict[str, str], command: str, tot
     return "\n".join(out)
 
 
+OWN_HEADINGS = ("## Machine", "## Command", "## Results", "## Notes")
+
+
+def other_scripts_sections(text: str) -> str:
+    """The sections of a RESULTS file that other scripts wrote (benchmarks/eval_functions.py,
+    benchmarks/manyrow.py): from the first `## ` heading after this script's own, kept as they are."""
+    lines = text.splitlines()
+    for i, line in enumerate(lines):
+        if line.startswith("## ") and not line.startswith(OWN_HEADINGS):
+            return "\n" + "\n".join(lines[i:]) + "\n"
+    return ""
+
+
 def _version(package: str) -> str:
     try:
         return metadata.version(package)

@@ -626,7 +626,8 @@ def main(argv: list[str] | None = None) -> int:
 
     print("\n" + report.text_table(sections))
     print(f"\ntotal runtime {total:.0f} s")
-    args.output.write_text(report.markdown(sections, machine, command, total))
+    kept = report.other_scripts_sections(args.output.read_text() if args.output.exists() else "")
+    args.output.write_text(report.markdown(sections, machine, command, total) + kept)
     print(f"wrote {args.output}")
     return 0
 
