@@ -8,7 +8,7 @@ Ctrl-C at the prompt clears the line; Ctrl-D leaves.
 
 The statement runs on a thread of its own while the main thread waits for it, so that Ctrl-C
 reaches Python at once, where the shell's handler calls con.interrupt(): aiquery's wrapper of it
-cancels the connection's requests (aiquery/_interrupt.py), then DuckDB stops the statement. Python's readline is the line editor (GNU
+cancels the connection's requests (aiquery/_process.py), then DuckDB stops the statement. Python's readline is the line editor (GNU
 readline or libedit, whichever Python was built with).
 """
 
