@@ -1,6 +1,6 @@
 """The docs name what exists: the README's layout lists exactly the package's files and the sql/ and
 notebooks/ files, and every path, `module.py: name` and `Class.attribute` that README.md and docs/*.md
-mention is in the tree. A module renamed or a function moved fails here until the docs follow."""
+mention is in the tree, as is every path the package's docstrings and comments mention. A module renamed or a function moved fails here until the docs follow."""
 
 import ast
 import re
@@ -99,13 +99,23 @@ def test_the_readme_layout_lists_exactly_the_tree():
     assert names_in(tops["notebooks/"], r"\w+\.ipynb") == {p.name for p in (ROOT / "notebooks").glob("*.ipynb")}
 
 
+def paths_in(text: str) -> set[str]:
+    return {m.group(1) for m in PATH.finditer(text) if text[m.end():m.end() + 1] not in ("*", "{")}
+
+
 @pytest.mark.parametrize("doc", DOCS, ids=lambda p: p.name)
 def test_every_path_the_docs_name_exists(doc):
-    text = doc.read_text()
-    paths = {m.group(1) for m in PATH.finditer(text) if text[m.end():m.end() + 1] not in ("*", "{")}
+    paths = paths_in(doc.read_text())
     assert paths, f"{doc.name} names no file"
     missing = sorted(p for p in paths if not (ROOT / p).exists())
     assert not missing, f"{doc.name} names files that do not exist: {missing}"
+
+
+def test_every_path_the_package_comments_name_exists():
+    sources = [*PACKAGE.glob("*.py"), *(PACKAGE / "sql").glob("*.sql")]
+    missing = sorted(f"{source.name}: {p}" for source in sources for p in paths_in(source.read_text())
+                     if not (ROOT / p).exists())
+    assert not missing, f"docstrings and comments name files that do not exist: {missing}"
 
 
 @pytest.mark.parametrize("doc", DOCS, ids=lambda p: p.name)
