@@ -1,5 +1,5 @@
 -- The rest of the serving API: several choices, provider parameters, tools, unit-length embeddings.
--- Needs endpoints named 'chat' and 'embed' (see README.md, "Databricks in production"); the tests
+-- Needs endpoints named 'chat' and 'embed' (see README.md, "Your own endpoints"); the tests
 -- run it against their fake server, which echoes the prompt and calls tools with sample arguments.
 
 CREATE OR REPLACE TABLE films AS
