@@ -132,3 +132,28 @@ def test_every_function_the_docs_name_exists(doc):
     assert not missing, f"{doc.name} names what the package does not define: {missing}"
     if doc.name == "ARCHITECTURE.md":
         assert len({n for _, n in named}) > 100, "ARCHITECTURE.md names modules' functions: `module.py: name`"
+
+
+def titles(doc: Path) -> list[str]:
+    """The sections a reader can be sent to: headings, and the bold lead of a paragraph or bullet."""
+    text = doc.read_text()
+    return [*re.findall(r"^#+ (.+)$", text, flags=re.M), *re.findall(r"^(?:- )?\*\*([^*]+?)\.?\*\*", text, flags=re.M)]
+
+
+def test_every_section_a_reference_names_exists():
+    """`see "Reading ahead"` in the README, `(README, "Scaling out with Spark")` in a docstring,
+    `docs/ARCHITECTURE.md`, "Sending" in the README: each names a heading or a bold lead there."""
+    readme, architecture = ROOT / "README.md", ROOT / "docs" / "ARCHITECTURE.md"
+    files = [*DOCS, *PACKAGE.glob("*.py"), *(PACKAGE / "sql").glob("*.sql"), *(ROOT / "sql").glob("*.sql")]
+    references = []
+    for source in files:
+        text = source.read_text()
+        references += [(source.name, readme, r) for r in re.findall(r"README(?:\.md)?,? \(?\"([^\"]+)\"", text)]
+        references += [(source.name, architecture, r) for r in re.findall(r"ARCHITECTURE\.md`?, \"([^\"]+)\"", text)]
+        if source == readme:
+            references += [(source.name, readme, r) for r in re.findall(r"\bsee \"([^\"]+)\"", text)]
+    assert len(references) > 10
+    references = [(name, doc, " ".join(title.split())) for name, doc, title in references]
+    missing = [f"{name}: {doc.name}, {title!r}" for name, doc, title in references
+               if not any(t == title or t.startswith(title + ":") or t.startswith(title + " ") for t in titles(doc))]
+    assert not missing, f"references to sections that do not exist: {missing}"
