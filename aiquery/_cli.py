@@ -34,7 +34,7 @@ import duckdb
 from . import _script
 from ._batch import TERMINAL, BatchStore, batch_cost, refresh, store_path
 from ._cache import default_path, open_cache, rebuild
-from ._config import OPENAI_BASE_URL, load_endpoints, read_prices
+from ._config import OPENAI_BASE_URL, read_settings
 from ._dialect import dialect_name, translate, with_hint
 from ._errors import AIQueryError, CacheWarning, ConfigError
 from ._estimate import estimate
@@ -165,7 +165,7 @@ def print_table(rows: list[tuple], file=None) -> None:
 
 
 def _endpoints(args: argparse.Namespace) -> int:
-    endpoints = load_endpoints(config=args.config)
+    endpoints = read_settings(args.config).endpoints
     if not endpoints:
         print("no endpoints: add [endpoints.NAME] tables to aiquery.toml (or the file named by AIQUERY_CONFIG)")
         return 0
@@ -242,7 +242,8 @@ def _batches(args: argparse.Namespace) -> int:
     store = BatchStore(store_path(Path(args.path).expanduser() if args.path else None))
     try:
         rows = store.rows()
-        endpoints = load_endpoints(config=args.config)
+        settings = read_settings(args.config)
+        endpoints = settings.endpoints
         if args.action == "cancel":
             if args.id is None:
                 raise SystemExit("aiquery batches cancel: give the batch id (see aiquery batches)")
@@ -262,10 +263,9 @@ def _batches(args: argparse.Namespace) -> int:
         if not shown:
             print(f"no pending batches in {store.path}" + ("" if args.all else " (--all lists finished ones too)"))
             return 0
-        prices = read_prices(args.config)
         table = [("batch", "endpoint", "model", "status", "done", "failed", "tokens", "cost so far (USD)", "age")]
         for r in shown:
-            cost = batch_cost(r, price_of(r["model"], prices))
+            cost = batch_cost(r, price_of(r["model"], settings.prices))
             table.append((r["batch_id"] or f"(not created: {r['id'][:8]})", r["endpoint"], r["model"] or "",
                           r["status"] + ("" if r["collected"] or r["status"] in TERMINAL else " (pending)"),
                           f"{r['completed'] + r['failed']:,}/{r['requests']:,}", f"{r['failed']:,}",
@@ -288,6 +288,7 @@ def _duration(seconds: float) -> str:
     return f"{seconds:.0f}s"
 
 
+_CONFIG_HELP = "the settings file (default: the file named by $AIQUERY_CONFIG, else ./aiquery.toml if present)"
 _DIALECT_HELP = "the SQL's dialect: duckdb (default) or databricks (translated to DuckDB first)"
 
 
@@ -297,7 +298,7 @@ def main(argv: list[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
     shell = commands.add_parser("shell", help="an interactive SQL shell with every aiquery function (the default)")
     shell.add_argument("db", nargs="?", default=":memory:", help="a DuckDB database file (default: in memory)")
-    shell.add_argument("--config", help="endpoint settings (default: ./aiquery.toml or $AIQUERY_CONFIG)")
+    shell.add_argument("--config", help=_CONFIG_HELP)
     shell.add_argument("--dialect", default="duckdb", help=_DIALECT_HELP)
     shell.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                        help="show progress while a statement runs (default: only on a terminal)")
@@ -306,7 +307,7 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("file", nargs="?", help="a SQL file (statements separated by ;), or - for standard input")
     run.add_argument("-e", "--execute", metavar="SQL", help="SQL to run instead of a file")
     run.add_argument("--db", default=":memory:", help="a DuckDB database file (default: in memory)")
-    run.add_argument("--config", help="endpoint settings (default: ./aiquery.toml or $AIQUERY_CONFIG)")
+    run.add_argument("--config", help=_CONFIG_HELP)
     run.add_argument("--output", metavar="PATH", help="write the last result to .csv, .parquet or .json")
     run.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                      help="show progress while a statement runs (default: only on a terminal)")
@@ -319,11 +320,11 @@ def main(argv: list[str] | None = None) -> int:
         looking.add_argument("file", nargs="?", help="a SQL file (statements separated by ;)")
         looking.add_argument("-e", "--execute", metavar="SQL", help=f"SQL to {verb} instead of a file")
         looking.add_argument("--db", default=":memory:", help="a DuckDB database file (default: in memory)")
-        looking.add_argument("--config", help="endpoint settings (default: ./aiquery.toml or $AIQUERY_CONFIG)")
+        looking.add_argument("--config", help=_CONFIG_HELP)
         looking.add_argument("--dialect", default="duckdb", help=_DIALECT_HELP)
         looking.set_defaults(handler=handler)
     listing = commands.add_parser("endpoints", help="list endpoints with their task and where their settings came from")
-    listing.add_argument("--config", help="endpoint settings (default: ./aiquery.toml or $AIQUERY_CONFIG)")
+    listing.add_argument("--config", help=_CONFIG_HELP)
     listing.set_defaults(handler=_endpoints)
     caching = commands.add_parser("cache", help="show the response cache, clear it (all, one endpoint, by age), "
                                                 "or repair a damaged one")
@@ -339,7 +340,7 @@ def main(argv: list[str] | None = None) -> int:
     batching.add_argument("action", nargs="?", choices=("list", "cancel"), default="list")
     batching.add_argument("id", nargs="?", help="the batch to cancel (its id as listed)")
     batching.add_argument("--all", action="store_true", help="list finished batches too")
-    batching.add_argument("--config", help="endpoint settings (default: ./aiquery.toml or $AIQUERY_CONFIG)")
+    batching.add_argument("--config", help=_CONFIG_HELP)
     batching.add_argument("--path", help="the response cache file the batches belong to (default: "
                                          "responses.sqlite3 in $AIQUERY_CACHE_DIR or the user cache directory)")
     batching.set_defaults(handler=_batches)

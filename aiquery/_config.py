@@ -1,25 +1,30 @@
 """Endpoint settings: every default named once, and where settings are read from.
 
-Settings come from (later wins): the built-in local models, an `aiquery.toml` (or the file named by AIQUERY_CONFIG, or the
-`config=` path) under `[endpoints.NAME]`, then the `endpoints=` mapping passed in Python.
-Keys are never read from files: a setting names the environment variable that holds the key.
+read_settings() builds one registration's Settings from one file, parsed once: the `config=` path
+(False: no file), else the file named by AIQUERY_CONFIG, else ./aiquery.toml if there is one.
+Endpoints come in layers (later wins): the built-in local models, the file's `[endpoints.NAME]`,
+then the `endpoints=` mapping passed in Python. Prices, allowed_hosts and the task functions'
+default endpoints come from the same file. Keys are never read from files: a setting names the
+environment variable that holds the key.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
+import json
 import os
 import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 from ._errors import ConfigError
-from ._scrub import SECRET_HEADER
-from ._usage import Price
+from ._scrub import REDACTED, SECRET_HEADER, safe_url
+from ._usage import Price, price_of
 
 TASKS = ("chat", "completions", "embeddings", "custom")
 PROVIDERS = ("openai", "databricks", "local")
@@ -190,6 +195,14 @@ class Endpoint:
                               "variable, name that variable with api_key_env, and name the header with "
                               "api_key_header")
 
+    def __repr__(self) -> str:  # the dataclass's, with credential headers and URL secrets redacted
+        shown = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        shown["headers"] = {k: REDACTED if SECRET_HEADER.search(k) else v for k, v in self.headers.items()}
+        for setting in ("base_url", "host"):
+            if shown[setting]:
+                shown[setting] = safe_url(shown[setting])
+        return f"Endpoint({', '.join(f'{k}={v!r}' for k, v in shown.items())})"
+
     @property
     def key_env(self) -> str | None:
         """The environment variable the key is read from, defaults applied."""
@@ -228,61 +241,148 @@ def make_endpoint(name: str, settings: Mapping[str, Any] | Endpoint, source: str
     return Endpoint(**settings, name=name, source=source)
 
 
-def _read_toml(path: str | os.PathLike) -> dict[str, Any]:
+ALLOWED_HOSTS_ENV = "AIQUERY_ALLOWED_HOSTS"
+DEFAULT_CHAT_ENDPOINT = "local-chat"
+DEFAULT_EMBEDDING_ENDPOINT = "local-embed"
+# ai_classify's default when no default_chat_endpoint is set: it scored better than local-chat there
+# (benchmarks/RESULTS.md, "Task functions on the built-in models and candidates").
+DEFAULT_CLASSIFY_ENDPOINT = "local-classify"
+_DEFAULT_KEYS = {"chat": "default_chat_endpoint", "embeddings": "default_embedding_endpoint"}
+_TOP_LEVEL = ("endpoints", "prices", "allowed_hosts", *_DEFAULT_KEYS.values())
+_PRICE_FIELDS = ("input", "output", "cached_input", "batch")
+FROM_ARGUMENT, FROM_ENV, FROM_CWD = "config=", f"${CONFIG_ENV}", f"./{CONFIG_FILE_NAME}"
+
+
+@dataclass(frozen=True, repr=False)
+class Settings:
+    """Everything one registration takes from settings, read by read_settings() from one file:
+    `path` (None: no file) and `origin`, how that file was chosen. The mappings are read-only."""
+
+    endpoints: Mapping[str, Endpoint]
+    prices: Mapping[str, Price]               # USD per million tokens, by model
+    allowed_hosts: tuple[str, ...] | None     # host patterns requests may go to (None: any)
+    default_endpoints: Mapping[str, str]      # the task functions' endpoints, keys "chat" and "embeddings"
+    path: Path | None
+    origin: str                               # config=, $AIQUERY_CONFIG, ./aiquery.toml, or why there is no file
+
+    def __repr__(self) -> str:  # names and sources only: Endpoint's own repr shows the rest, keys redacted
+        endpoints = ", ".join(f"{name!r} ({e.source})" for name, e in self.endpoints.items())
+        hosts = None if self.allowed_hosts is None else list(self.allowed_hosts)
+        return (f"Settings(path={None if self.path is None else str(self.path)!r} ({self.origin}), "
+                f"endpoints=[{endpoints}], prices={sorted(self.prices)}, allowed_hosts={hosts}, "
+                f"default_endpoints={dict(self.default_endpoints)})")
+
+
+def config_file(config: str | os.PathLike | bool | None = None) -> tuple[Path | None, str]:
+    """The one file settings are read from, and how it was chosen: `config` (False: no file), else
+    the file named by $AIQUERY_CONFIG (unless empty), else ./aiquery.toml when there is one."""
+    if config is False:
+        return None, "config=False"
+    if config is not None:
+        if isinstance(config, bool) or not isinstance(config, (str, os.PathLike)) or not os.fspath(config):
+            raise ConfigError(f"config must be the path of a TOML file, or False to read none, got {config!r}")
+        return Path(config).absolute(), FROM_ARGUMENT
+    named = os.environ.get(CONFIG_ENV)
+    if named:
+        return Path(named).absolute(), FROM_ENV
+    local = Path.cwd() / CONFIG_FILE_NAME
+    if local.is_file():
+        return local, FROM_CWD
+    return None, f"no config=, no ${CONFIG_ENV}, no {CONFIG_FILE_NAME} in {Path.cwd()}"
+
+
+def _read_toml(path: Path, origin: str) -> dict[str, Any]:
+    where = f"config file {str(path)!r}" + (f" (named by {CONFIG_ENV})" if origin == FROM_ENV else "")
     try:
-        with Path(path).open("rb") as f:
+        with path.open("rb") as f:
             return tomllib.load(f)
     except FileNotFoundError:
-        raise ConfigError(f"config file {str(path)!r} does not exist") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"config file {str(path)!r} is not valid TOML: {exc}") from None
+        fix = f": point {CONFIG_ENV} at an existing file, or unset it" if origin == FROM_ENV else ""
+        raise ConfigError(f"{where} does not exist{fix}") from None
+    except tomllib.TOMLDecodeError as exc:  # its message ends "(at line L, column C)"
+        raise ConfigError(f"{where} is not valid TOML: {exc}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{where} is not UTF-8 text (byte {exc.start})") from None
+    except OSError as exc:
+        raise ConfigError(f"{where} cannot be read: {exc.strerror or exc}") from None
 
 
-def read_config_file(path: str | os.PathLike) -> dict[str, Endpoint]:
-    """The endpoints of a TOML file's `[endpoints.NAME]` tables."""
-    tables = _read_toml(path).get("endpoints", {})
+def read_settings(config: str | os.PathLike | bool | None = None, endpoints: Mapping[str, Any] | None = None,
+                  default_chat_endpoint: str | None = None,
+                  default_embedding_endpoint: str | None = None) -> Settings:
+    """One registration's settings, the file (see config_file()) parsed once. In layers, later wins:
+    endpoints are the built-in ones, the file's `[endpoints.NAME]`, then `endpoints` (a name defined
+    later replaces the whole earlier definition); the task functions' defaults are the built-in
+    models, the file's default_chat_endpoint / default_embedding_endpoint, then the arguments.
+    Prices and allowed_hosts come from the same file (allowed_hosts together with $AIQUERY_ALLOWED_HOSTS)."""
+    path, origin = config_file(config)
+    table = _read_toml(path, origin) if path is not None else {}
+    where = f"config file {str(path)!r}"
+    for key in table:
+        if key not in _TOP_LEVEL:
+            hint = difflib.get_close_matches(key, _TOP_LEVEL, n=1)
+            raise ConfigError(f"{where}: unknown top-level setting {key!r}"
+                              + (f"; did you mean {hint[0]!r}?" if hint else f"; valid: {', '.join(_TOP_LEVEL)}")
+                              + " (an endpoint's settings go under [endpoints.NAME])")
+    layered = {name: make_endpoint(name, s, BUILT_IN) for name, s in BUILTIN_ENDPOINTS.items()}
+    tables = table.get("endpoints", {})
     if not isinstance(tables, dict):
-        raise ConfigError(f"config file {str(path)!r}: 'endpoints' must be a table of [endpoints.NAME] tables")
-    return {name: make_endpoint(name, settings, str(path)) for name, settings in tables.items()}
+        raise ConfigError(f"{where}: 'endpoints' must be a table of [endpoints.NAME] tables")
+    layered.update({name: make_endpoint(name, s, str(path)) for name, s in tables.items()})
+    if endpoints is not None:
+        if not isinstance(endpoints, Mapping):
+            raise ConfigError(f"endpoints must be a mapping of name to settings, got {type(endpoints).__name__}")
+        layered.update({name: make_endpoint(name, s, "python") for name, s in endpoints.items()})
+    prices = _prices(table.get("prices", {}), where)
+    _check_budgets(layered, prices)
+    defaults = {"chat": DEFAULT_CHAT_ENDPOINT, "embeddings": DEFAULT_EMBEDDING_ENDPOINT}
+    for task, key in _DEFAULT_KEYS.items():
+        if key in table:
+            defaults[task] = _endpoint_name(table[key], f"{where}: {key}")
+    for task, name in (("chat", default_chat_endpoint), ("embeddings", default_embedding_endpoint)):
+        if name is not None:
+            defaults[task] = _endpoint_name(name, _DEFAULT_KEYS[task])
+    for task, name in defaults.items():
+        endpoint = layered.get(name)  # one not registered at all fails when a function uses it, naming the others
+        if endpoint is not None and endpoint.task != task:
+            raise ConfigError(f"{_DEFAULT_KEYS[task]} = {name!r} names a {endpoint.task} endpoint; "
+                              f"it must be a {task} endpoint")
+    return Settings(MappingProxyType(layered), MappingProxyType(prices),
+                    _allowed_hosts(table.get("allowed_hosts"), where), MappingProxyType(defaults), path, origin)
 
 
-ALLOWED_HOSTS_ENV = "AIQUERY_ALLOWED_HOSTS"
+def _endpoint_name(name: Any, what: str) -> str:
+    if not isinstance(name, str) or not name:
+        raise ConfigError(f"{what} must be the name of an endpoint, got {name!r}")
+    return name
 
 
-def read_allowed_hosts(path: str | os.PathLike | None = None) -> list[str] | None:
-    """Host patterns requests may go to: AIQUERY_ALLOWED_HOSTS (comma-separated) and the config file's
-    top-level `allowed_hosts = [...]`, together; None when neither is set (any host)."""
+def _allowed_hosts(listed: Any, where: str) -> tuple[str, ...] | None:
+    """AIQUERY_ALLOWED_HOSTS (comma-separated) and the file's top-level `allowed_hosts = [...]`,
+    together; None when neither is set (any host)."""
     patterns = None
     env = os.environ.get(ALLOWED_HOSTS_ENV)
     if env is not None:
-        patterns = [p.strip() for p in env.split(",") if p.strip()]
-    path = path if path is not None else default_config_path()
-    if path is not None:
-        listed = _read_toml(path).get("allowed_hosts")
-        if listed is not None:
-            if not isinstance(listed, list) or not all(isinstance(p, str) for p in listed):
-                raise ConfigError(f"config file {str(path)!r}: allowed_hosts must be a list of host patterns "
-                                  'like ["api.openai.com", "*.cloud.databricks.com"]')
-            patterns = (patterns or []) + listed
+        patterns = tuple(p.strip() for p in env.split(",") if p.strip())
+    if listed is not None:
+        if not isinstance(listed, list) or not all(isinstance(p, str) for p in listed):
+            raise ConfigError(f"{where}: allowed_hosts must be a list of host patterns "
+                              'like ["api.openai.com", "*.cloud.databricks.com"]')
+        patterns = (patterns or ()) + tuple(listed)
     return patterns
 
 
-_PRICE_FIELDS = ("input", "output", "cached_input", "batch")
-
-
-def read_prices(path: str | os.PathLike | None = None) -> dict[str, Price]:
-    """`[prices."MODEL"]` tables of the config file: input =, output =, cached_input = (USD per
-    million tokens) and batch = (the batch API's multiplier, 0.5 for half price)."""
-    path = path if path is not None else default_config_path()
-    if path is None:
-        return {}
-    tables = _read_toml(path).get("prices", {})
+def _prices(tables: Any, where: str) -> dict[str, Price]:
+    """`[prices."MODEL"]` tables: input =, output =, cached_input = (USD per million tokens) and
+    batch = (the batch API's multiplier, 0.5 for half price)."""
+    if not isinstance(tables, dict):
+        raise ConfigError(f'{where}: prices must be a table of [prices."MODEL"] tables, got {tables!r}')
     prices = {}
-    for model, table in tables.items() if isinstance(tables, dict) else ():
+    for model, table in tables.items():
         if not (isinstance(table, dict) and set(table) <= set(_PRICE_FIELDS) and all(
                 isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0 for v in table.values())
                 and table.get("batch", 1.0) <= 1.0):
-            raise ConfigError(f"config file {str(path)!r}: [prices.{model!r}] takes input =, output =, "
+            raise ConfigError(f"{where}: [prices.{model!r}] takes input =, output =, "
                               "cached_input = (USD per million tokens) and batch = (a multiplier from 0 to 1, "
                               f"0.5 for half price), got {table!r}")
         prices[model] = Price(table.get("input", 0.0), table.get("output", 0.0), table.get("cached_input"),
@@ -290,58 +390,10 @@ def read_prices(path: str | os.PathLike | None = None) -> dict[str, Price]:
     return prices
 
 
-DEFAULT_CHAT_ENDPOINT = "local-chat"
-DEFAULT_EMBEDDING_ENDPOINT = "local-embed"
-# ai_classify's default when no default_chat_endpoint is set: it scored better than local-chat there
-# (benchmarks/RESULTS.md, "Task functions on the built-in models and candidates").
-DEFAULT_CLASSIFY_ENDPOINT = "local-classify"
-
-
-def read_default_endpoints(path: str | os.PathLike | None = None) -> dict[str, str]:
-    """The endpoints the task functions (ai_gen, ai_classify, ai_similarity, ...) use when not told:
-    the config file's top-level `default_chat_endpoint` / `default_embedding_endpoint`, else the
-    built-in local-chat / local-embed. Keys: "chat" and "embeddings"."""
-    defaults = {"chat": DEFAULT_CHAT_ENDPOINT, "embeddings": DEFAULT_EMBEDDING_ENDPOINT}
-    path = path if path is not None else default_config_path()
-    if path is None:
-        return defaults
-    table = _read_toml(path)
-    for task, key in (("chat", "default_chat_endpoint"), ("embeddings", "default_embedding_endpoint")):
-        name = table.get(key)
-        if name is None:
-            continue
-        if not isinstance(name, str) or not name:
-            raise ConfigError(f"config file {str(path)!r}: {key} must be the name of an endpoint, got {name!r}")
-        defaults[task] = name
-    return defaults
-
-
-def default_config_path() -> Path | None:
-    """AIQUERY_CONFIG if set (it must exist), else ./aiquery.toml when present."""
-    named = os.environ.get(CONFIG_ENV)
-    if named:
-        return Path(named)
-    local = Path.cwd() / CONFIG_FILE_NAME
-    return local if local.is_file() else None
-
-
-def endpoints_config_path(endpoints: Mapping[str, Any] | None,
-                          config: str | os.PathLike | None) -> str | os.PathLike | None:
-    """The config file a registration reads its endpoints from: `config`, else the default one
-    unless `endpoints` were given."""
-    return config if config is not None else (default_config_path() if endpoints is None else None)
-
-
-def load_endpoints(endpoints: Mapping[str, Any] | None = None,
-                   config: str | os.PathLike | None = None) -> dict[str, Endpoint]:
-    """All endpoint settings for one registration: the built-in ones, the config file's on top, then
-    `endpoints` on top of those (a name defined later replaces the whole earlier definition)."""
-    path = endpoints_config_path(endpoints, config)
-    result = {name: make_endpoint(name, s, BUILT_IN) for name, s in BUILTIN_ENDPOINTS.items()}
-    if path is not None:
-        result.update(read_config_file(path))
-    if endpoints is not None:
-        if not isinstance(endpoints, Mapping):
-            raise ConfigError(f"endpoints must be a mapping of name to settings, got {type(endpoints).__name__}")
-        result.update({name: make_endpoint(name, s, "python") for name, s in endpoints.items()})
-    return result
+def _check_budgets(endpoints: Mapping[str, Endpoint], prices: Mapping[str, Price]) -> None:
+    for endpoint in endpoints.values():
+        if (endpoint.budget_usd is not None or endpoint.query_budget_usd is not None) and \
+                price_of(endpoint.model, prices) is None:
+            raise ConfigError(f"endpoint {endpoint.name!r}: a USD budget needs the price of model "
+                              f"{endpoint.model!r}: add [prices.{json.dumps(endpoint.model or '')}] with "
+                              "input = and output = (USD per million tokens) to the config file")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import weakref
@@ -17,8 +16,7 @@ from duckdb import sqltypes
 from . import _process
 from ._cache import ResponseCache, open_cache
 from ._calls import call_for, lookup
-from ._config import (DEFAULT_CHAT_ENDPOINT, Endpoint, DEFAULT_CLASSIFY_ENDPOINT, DEFAULT_EMBEDDING_ENDPOINT, load_endpoints,
-                      read_allowed_hosts, read_default_endpoints, read_prices)
+from ._config import DEFAULT_CHAT_ENDPOINT, DEFAULT_CLASSIFY_ENDPOINT, Endpoint, Settings, read_settings
 from ._datasets import dataset_path
 from . import _manyrow
 from ._calls import Call
@@ -28,7 +26,7 @@ from ._options import Options, read_options
 from ._providers import Target, resolve
 from ._readahead import ReadAhead
 from ._tasks import task_part
-from ._errors import ArgumentError, ConfigError
+from ._errors import ArgumentError
 from ._progress import Progress, interactive, query_status
 from ._sqltypes import ddl_to_duckdb_sql, sql_string
 from ._udf import make_udf
@@ -67,12 +65,11 @@ def render_macros(files: tuple[str, ...], names: Mapping[str, str], embedding_en
         text = text.replace(placeholder, name)
     text = text.replace("$EMBEDDING_ENDPOINTS",
                         "[" + ", ".join(sql_string(n) for n in sorted(embedding_endpoints)) + "]::VARCHAR[]")
-    chat = default_endpoints.get("chat", DEFAULT_CHAT_ENDPOINT)
+    chat = default_endpoints["chat"]
     text = text.replace("$DEFAULT_CLASSIFY_ENDPOINT",  # a configured chat default serves ai_classify too
                         sql_string(DEFAULT_CLASSIFY_ENDPOINT if chat == DEFAULT_CHAT_ENDPOINT else chat))
     text = text.replace("$DEFAULT_CHAT_ENDPOINT", sql_string(chat))
-    text = text.replace("$DEFAULT_EMBEDDING_ENDPOINT",
-                        sql_string(default_endpoints.get("embeddings", DEFAULT_EMBEDDING_ENDPOINT)))
+    text = text.replace("$DEFAULT_EMBEDDING_ENDPOINT", sql_string(default_endpoints["embeddings"]))
     return re.sub(r"\$DDL\(([^)]*)\)", lambda m: ddl_to_duckdb_sql(m.group(1)), text)
 
 
@@ -90,27 +87,19 @@ def site_functions(macros: str) -> frozenset[str]:
 
 
 class Registration:
-    """What one connection's aiquery functions use: its endpoints, prices and settings, the engine,
-    the response cache, its macros and Python functions' names, its read-ahead, and the progress
-    lines of its queries. Built complete by register(); a connection or cursor reaches it through
-    its Context (aiquery/_process.py)."""
+    """What one connection's aiquery functions use: its settings (endpoints, prices, allowed hosts,
+    default endpoints, and the file they were read from), the engine, the response cache, its macros
+    and Python functions' names, its read-ahead, and the progress lines of its queries. Built
+    complete by register(); a connection or cursor reaches it through its Context (aiquery/_process.py)."""
 
-    def __init__(self, endpoints: dict[str, Endpoint], engine: Engine, cache: ResponseCache | None,
-                 prices: dict[str, Price], connection: duckdb.DuckDBPyConnection, readahead_macros: list[str],
+    def __init__(self, settings: Settings, engine: Engine, cache: ResponseCache | None,
+                 connection: duckdb.DuckDBPyConnection, readahead_macros: list[str],
                  macros: str, sites: frozenset[str], progress: bool = False):
-        self.endpoints = endpoints
+        self.settings = settings
         self.engine = engine
         self._cache = cache
-        self.prices = prices
         self.estimator: Any = None  # set by aiquery/_estimate.py while it estimates
         self.progress = progress    # show each query's progress
-        self.allowed_hosts: list[str] | None = None  # host patterns requests may go to (None: any)
-        for endpoint in endpoints.values():
-            if (endpoint.budget_usd is not None or endpoint.query_budget_usd is not None) and \
-                    price_of(endpoint.model, prices) is None:
-                raise ConfigError(f"endpoint {endpoint.name!r}: a USD budget needs the price of model "
-                                  f"{endpoint.model!r}: add [prices.{json.dumps(endpoint.model or '')}] with "
-                                  "input = and output = (USD per million tokens) to the config file")
         self.readahead = ReadAhead(connection, readahead_macros, sites, self.build)
         self._options: dict[str, Options] = {}
         self._targets: dict[str, Target] = {}
@@ -127,6 +116,14 @@ class Registration:
     def macros(self, context: int) -> list[str]:
         """The TEMP macros of aiquery's SQL functions for the connection or cursor numbered `context`."""
         return [s.strip() for s in self._macros.replace("$CONTEXT", str(context)).split(";") if s.strip()]
+
+    @property
+    def endpoints(self) -> Mapping[str, Endpoint]:
+        return self.settings.endpoints
+
+    @property
+    def prices(self) -> Mapping[str, Price]:
+        return self.settings.prices
 
     @property
     def cache(self) -> ResponseCache | None:
@@ -158,7 +155,7 @@ class Registration:
         endpoint = lookup(self.endpoints, name)
         target = self._targets.get(name)
         if target is None:  # read when first used, so a key exported after connect() is found
-            target = self._targets[name] = self.engine.shared_auth(resolve(endpoint, self.allowed_hosts))
+            target = self._targets[name] = self.engine.shared_auth(resolve(endpoint, self.settings.allowed_hosts))
         params = self._params.get((name, options))
         if params is None:  # what every body of this endpoint and these options carries
             model = {"model": endpoint.model} if target.sends_model and endpoint.model else {}
@@ -199,7 +196,7 @@ class Registration:
 
 
 def register(con: duckdb.DuckDBPyConnection, *, endpoints: Mapping[str, Any] | None = None,
-             config: str | os.PathLike | None = None, engine: Engine | None = None,
+             config: str | os.PathLike | bool | None = None, engine: Engine | None = None,
              cache: str | os.PathLike | bool = True, progress: bool | None = None,
              default_chat_endpoint: str | None = None,
              default_embedding_endpoint: str | None = None) -> duckdb.DuckDBPyConnection:
@@ -210,48 +207,30 @@ def register(con: duckdb.DuckDBPyConnection, *, endpoints: Mapping[str, Any] | N
     file (default: responses.sqlite3 in $AIQUERY_CACHE_DIR or the user cache directory), or False.
     `progress` shows each query's progress: by default in a terminal or notebook (AIQUERY_PROGRESS=0: never).
     The task functions (ai_gen, ai_classify, ai_similarity, ...) called without `endpoint =>` use
-    `default_chat_endpoint` / `default_embedding_endpoint`, else the config file's, else the built-in models."""
+    `default_chat_endpoint` / `default_embedding_endpoint`, else the config file's, else the built-in models.
+
+    Settings are read once, from one file: `config` (False: none), else $AIQUERY_CONFIG, else
+    ./aiquery.toml if present; `endpoints` are layered on the file's (see aiquery/_config.py read_settings)."""
     if not isinstance(con, duckdb.DuckDBPyConnection):
         raise TypeError(f"register() needs a duckdb connection, got {type(con).__name__}")
-    settings = load_endpoints(endpoints, config)
+    settings = read_settings(config, endpoints, default_chat_endpoint, default_embedding_endpoint)
     if not isinstance(cache, (bool, str, os.PathLike)):
         raise TypeError(f"cache must be True, False or the path of a cache file, got {type(cache).__name__}")
     responses = None if cache is False else open_cache(None if cache is True else cache)
-    prices = read_prices(config)
     engine = engine or Engine.shared()
-    defaults = read_default_endpoints(config)
-    for task, name in (("chat", default_chat_endpoint), ("embeddings", default_embedding_endpoint)):
-        if name is not None:
-            defaults[task] = name
-    defaults = _checked_defaults(defaults, settings)
     number = next(_process.numbers)
     names = function_names(number)
-    embedding = [name for name, e in settings.items() if e.task == "embeddings"]
+    embedding = [name for name, e in settings.endpoints.items() if e.task == "embeddings"]
+    defaults = settings.default_endpoints
     macros = render_macros(MACRO_FILES, names, embedding, defaults)
-    registration = Registration(settings, engine, responses, prices, con,
+    registration = Registration(settings, engine, responses, con,
                                 _split(render_macros(READAHEAD_FILES, names, embedding, defaults)), macros,
                                 site_functions(macros), interactive() if progress is None else progress)
-    registration.allowed_hosts = read_allowed_hosts(config)
-    registration.default_endpoints = defaults
     earlier = _process.context_of(con)
     install(con, registration, names, earlier.registration.function_names if earlier else None)
     registration.function_names = names
     _process.attach(con, registration)
     return con
-
-
-def _checked_defaults(defaults: dict[str, str], settings: Mapping[str, Any]) -> dict[str, str]:
-    """The task functions' default endpoints; one registered with another task is a ConfigError.
-    (One not registered at all fails when a function uses it, naming the registered endpoints.)"""
-    for task, name in defaults.items():
-        if not isinstance(name, str) or not name:
-            key = "default_chat_endpoint" if task == "chat" else "default_embedding_endpoint"
-            raise ConfigError(f"{key} must be the name of an endpoint, got {name!r}")
-        endpoint = settings.get(name)
-        if endpoint is not None and endpoint.task != task:
-            key = "default_chat_endpoint" if task == "chat" else "default_embedding_endpoint"
-            raise ConfigError(f"{key} = {name!r} names a {endpoint.task} endpoint; it must be a {task} endpoint")
-    return defaults
 
 
 def registration_of(con: duckdb.DuckDBPyConnection) -> Registration:
@@ -287,7 +266,7 @@ def install(con: duckdb.DuckDBPyConnection, registration: Registration, names: M
 
 
 def connect(database: str = ":memory:", *, endpoints: Mapping[str, Any] | None = None,
-            config: str | os.PathLike | None = None, engine: Engine | None = None,
+            config: str | os.PathLike | bool | None = None, engine: Engine | None = None,
             cache: str | os.PathLike | bool = True, progress: bool | None = None,
             default_chat_endpoint: str | None = None, default_embedding_endpoint: str | None = None,
             **duckdb_options: Any) -> duckdb.DuckDBPyConnection:

@@ -6,8 +6,9 @@ retries, limits, parsing and the response cache are exactly those of DuckDB's ai
 its Python workers, and the connection (with its engine) lives as long as the worker.
 
 The settings reach the workers in the Spark conf `spark.aiquery.settings`: the endpoints (names of
-the variables holding keys, never keys; a worker reads the key from its own environment), the config
-file's path, and the cache. Each endpoint's max_concurrency is divided among `workers` (by default
+the variables holding keys, never keys; a worker reads the key from its own environment), the path
+of the one settings file the driver read (prices, allowed_hosts and defaults come from it; with no
+file, workers read none of their own), and the cache. Each endpoint's max_concurrency is divided among `workers` (by default
 the session's default parallelism, the number of tasks it runs at once), so all workers together stay
 within the endpoint's limit.
 
@@ -28,14 +29,14 @@ from typing import Any
 import pyarrow as pa
 
 from . import _process
-from ._config import SETTING_NAMES, endpoints_config_path, load_endpoints
+from ._config import SETTING_NAMES, read_settings
 from ._errors import ArgumentError
 from ._sqltypes import sql_string
 
 SETTINGS_CONF = "spark.aiquery.settings"
 
 
-def register(spark: Any, *, endpoints: Mapping[str, Any] | None = None, config: str | os.PathLike | None = None,
+def register(spark: Any, *, endpoints: Mapping[str, Any] | None = None, config: str | os.PathLike | bool | None = None,
              cache: str | os.PathLike | bool = True, workers: int | None = None) -> None:
     """Registers ai_query, try_ai_query, ai_embed, ai_similarity and the text task functions in `spark`.
 
@@ -45,16 +46,15 @@ def register(spark: Any, *, endpoints: Mapping[str, Any] | None = None, config: 
     across the cluster; each endpoint's max_concurrency is divided by it."""
     from pyspark.sql.functions import arrow_udf
 
-    settings = load_endpoints(endpoints, config)  # checked here, on the driver, before any task runs
-    path = endpoints_config_path(endpoints, config)
+    settings = read_settings(config, endpoints)  # checked here, on the driver, before any task runs
     workers = spark.sparkContext.defaultParallelism if workers is None else workers
     if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
         raise ArgumentError(f"aiquery.spark.register: workers must be a positive integer, got {workers!r}")
     if not isinstance(cache, (bool, str, os.PathLike)):
         raise TypeError(f"cache must be True, False or the path of a cache file, got {type(cache).__name__}")
-    shared = {name: _worker_settings(endpoint, workers) for name, endpoint in settings.items()}
-    spark.conf.set(SETTINGS_CONF, json.dumps({
-        "endpoints": shared, "config": None if path is None else os.path.abspath(path),
+    shared = {name: _worker_settings(endpoint, workers) for name, endpoint in settings.endpoints.items()}
+    spark.conf.set(SETTINGS_CONF, json.dumps({  # the workers read the driver's file (or none), not their own
+        "endpoints": shared, "config": False if settings.path is None else str(settings.path),
         "cache": cache if isinstance(cache, bool) else os.path.abspath(cache)}))
     for function, returns in _FUNCTIONS.items():
         spark.udf.register(function.__name__, arrow_udf(function, returns))

@@ -4,7 +4,7 @@ import duckdb
 import pytest
 
 import aiquery
-from aiquery._config import BUILTIN_ENDPOINTS as BUILTINS, load_endpoints
+from aiquery._config import BUILTIN_ENDPOINTS as BUILTINS, read_settings
 
 
 def test_settings_from_a_toml_file(tmp_path, server, monkeypatch):
@@ -23,28 +23,28 @@ model_parameters = {{ max_tokens = 7 }}
     with aiquery.connect(config=config) as con:
         assert con.sql("SELECT ai_query('fast', 'hi')").fetchall()[0] == ("echo: hi",)
     assert server.bodies()[0]["max_tokens"] == 7 and server.bodies()[0]["model"] == "small"
-    assert load_endpoints(config=config)["fast"].source == str(config)
+    assert read_settings(config).endpoints["fast"].source == str(config)
 
 
 def test_aiquery_toml_in_the_working_directory_and_aiquery_config(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("AIQUERY_CONFIG", raising=False)
     (tmp_path / "aiquery.toml").write_text('[endpoints.here]\nbase_url = "http://127.0.0.1:1/v1"\n')
-    assert list(load_endpoints()) == [*BUILTINS, "here"]
+    assert list(read_settings().endpoints) == [*BUILTINS, "here"]
     other = tmp_path / "other.toml"
     other.write_text('[endpoints.there]\ntask = "embeddings"\nbase_url = "http://127.0.0.1:1/v1"\n')
     monkeypatch.setenv("AIQUERY_CONFIG", str(other))
-    assert list(load_endpoints()) == [*BUILTINS, "there"]
+    assert list(read_settings().endpoints) == [*BUILTINS, "there"]
 
 
 def test_builtin_local_endpoints_are_always_there_and_settings_can_replace_them(tmp_path):
-    endpoints = load_endpoints()
+    endpoints = read_settings().endpoints
     assert {n: (e.task, e.provider, e.source) for n, e in endpoints.items() if n in BUILTINS} == {
         "local-chat": ("chat", "local", "built-in"), "local-completions": ("completions", "local", "built-in"),
         "local-embed": ("embeddings", "local", "built-in"), "local-classify": ("chat", "local", "built-in")}
     config = tmp_path / "a.toml"
     config.write_text('[endpoints.local-chat]\nbase_url = "http://127.0.0.1:1/v1"\n')
-    replaced = load_endpoints(config=config)["local-chat"]
+    replaced = read_settings(config).endpoints["local-chat"]
     assert (replaced.provider, replaced.base_url, replaced.source) == ("openai", "http://127.0.0.1:1/v1", str(config))
 
 
@@ -59,7 +59,7 @@ def test_a_local_endpoint_must_name_a_builtin_model():
 def test_python_settings_override_the_file(tmp_path):
     config = tmp_path / "a.toml"
     config.write_text('[endpoints.x]\nbase_url = "http://127.0.0.1:1/v1"\nmodel = "from-file"\n')
-    merged = load_endpoints({"x": aiquery.Endpoint(base_url="http://127.0.0.1:2/v1", model="from-python")}, config)
+    merged = read_settings(config, {"x": aiquery.Endpoint(base_url="http://127.0.0.1:2/v1", model="from-python")}).endpoints
     assert merged["x"].model == "from-python" and merged["x"].source == "python"
 
 
@@ -74,7 +74,7 @@ def test_python_settings_override_the_file(tmp_path):
 ])
 def test_bad_settings_say_what_is_wrong(settings, message):
     with pytest.raises(aiquery.ConfigError, match="endpoint 'e'") as info:
-        load_endpoints({"e": settings})
+        read_settings(endpoints={"e": settings})
     assert message in str(info.value)
 
 
@@ -82,7 +82,7 @@ def test_bad_toml_names_the_file(tmp_path):
     config = tmp_path / "broken.toml"
     config.write_text("[endpoints.x\n")
     with pytest.raises(aiquery.ConfigError, match="broken.toml.*not valid TOML"):
-        load_endpoints(config=config)
+        read_settings(config).endpoints
 
 
 def test_an_existing_connection_can_be_registered(endpoints, server):

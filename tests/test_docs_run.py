@@ -61,7 +61,7 @@ def test_readme_sql_is_copied_from_tested_files():
 
 
 def test_readme_settings_example_is_valid(tmp_path):
-    from aiquery._config import load_endpoints, read_prices
+    from aiquery._config import read_settings
     from aiquery._usage import Price
 
     readme = (ROOT / "README.md").read_text()
@@ -70,8 +70,9 @@ def test_readme_settings_example_is_valid(tmp_path):
     batch = next(b for b in blocks if "batch = true" in b)
     config = tmp_path / "aiquery.toml"
     config.write_text(block + "\n" + batch + "\n" + prices)
-    assert read_prices(config) == {"gpt-4o-mini": Price(0.15, 0.60, cached_input=0.075, batch=0.5)}
-    endpoints = load_endpoints(config=config)
+    settings = read_settings(config)
+    assert settings.prices == {"gpt-4o-mini": Price(0.15, 0.60, cached_input=0.075, batch=0.5)}
+    endpoints = settings.endpoints
     assert {name: e.task for name, e in endpoints.items() if e.source == str(config)} == {
         "chat": "chat", "embed": "embeddings", "llama": "chat", "cheap": "chat", "azure": "chat"}
     assert endpoints["cheap"].batch is True and endpoints["cheap"].batch_poll_interval == 30
@@ -81,7 +82,7 @@ def test_readme_settings_example_is_valid(tmp_path):
 
 def test_readme_databricks_examples_resolve_to_their_auth_types(tmp_path, monkeypatch):
     from aiquery import _auth
-    from aiquery._config import load_endpoints
+    from aiquery._config import read_settings
     from aiquery._providers import resolve
 
     readme = (ROOT / "README.md").read_text()
@@ -97,7 +98,7 @@ def test_readme_databricks_examples_resolve_to_their_auth_types(tmp_path, monkey
     for name in ("DATABRICKS_CLIENT_ID", "DATABRICKS_CLIENT_SECRET", "TEAM_A_CLIENT_ID", "TEAM_A_CLIENT_SECRET"):
         monkeypatch.setenv(name, "x")
     monkeypatch.setenv("DATABRICKS_HOST", "https://adb-1.azuredatabricks.net")
-    endpoints = load_endpoints(config=config)
+    endpoints = read_settings(config).endpoints
     kinds = {name: type(resolve(e).auth).__name__ for name, e in endpoints.items() if e.provider == "databricks"
              and name not in ("llama-dev", "llama-azure", "llama-sdk")}
     assert kinds == {"llama": "ClientCredentials", "llama-prod": "ClientCredentials", "team-a": "ClientCredentials",

@@ -50,11 +50,11 @@ def test_no_key_in_reprs_errors_or_logs(con, server, endpoints, caplog):
     caplog.set_level(logging.DEBUG)
     con.sql("SELECT ai_query('chat', p, failOnError => false) FROM (VALUES ('a [[status=500]]'), ('b')) t(p)").fetchall()
     failed = con.sql("SELECT ai_query('chat', 'x [[status=400]]', failOnError => false)").fetchall()[0][0]
-    from aiquery._config import load_endpoints
+    from aiquery._config import read_settings
     from aiquery._providers import resolve
 
-    seen = [repr(e) for e in load_endpoints(endpoints).values()]
-    seen += [repr(resolve(e)) for e in load_endpoints(endpoints).values()]
+    seen = [repr(e) for e in read_settings(endpoints=endpoints).endpoints.values()]
+    seen += [repr(resolve(e)) for e in read_settings(endpoints=endpoints).endpoints.values()]
     seen += [failed["errorMessage"], caplog.text]
     assert not [s for s in seen if CANARY_KEY in s]
 

@@ -3,6 +3,7 @@ DuckDB, the endpoint's limit held by all workers together, and Spark's result ty
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import sys
@@ -156,3 +157,21 @@ def test_a_call_spark_cannot_type_or_run_says_what_to_do(spark, served, sql, say
 def test_the_settings_spark_carries_hold_no_key(spark, served):
     carried = spark.conf.get(aiquery.spark.SETTINGS_CONF)
     assert "FAKE_KEY" in carried and CANARY_KEY not in carried
+
+
+def test_workers_use_the_file_the_driver_read_and_no_other(spark, tmp_path, monkeypatch):
+    """endpoints= on top of the file named by $AIQUERY_CONFIG on the driver: the workers (whose
+    environment was fixed when the session started) take its default_chat_endpoint too."""
+    monkeypatch.setenv("FAKE_KEY", CANARY_KEY)
+    with FakeServer(api_key=CANARY_KEY) as server:
+        config = tmp_path / "driver.toml"
+        config.write_text('default_chat_endpoint = "chat"\n')
+        monkeypatch.setenv("AIQUERY_CONFIG", str(config))
+        aiquery.spark.register(spark, endpoints=_settings(server), cache=False)
+        answers = spark.sql("SELECT ai_gen(prompt) AS a FROM prompts WHERE id < 5").collect()
+        assert len(answers) == 5 and len(server.bodies("/chat/completions")) == 5  # not the built-in local-chat
+        assert json.loads(spark.conf.get(aiquery.spark.SETTINGS_CONF))["config"] == str(config)
+        monkeypatch.delenv("AIQUERY_CONFIG")
+        monkeypatch.chdir(tmp_path)  # no file at all: the workers read none of their own either
+        aiquery.spark.register(spark, endpoints=_settings(server), cache=False)
+        assert json.loads(spark.conf.get(aiquery.spark.SETTINGS_CONF))["config"] is False
