@@ -291,8 +291,7 @@ def config_file(config: str | os.PathLike | bool | None = None) -> tuple[Path | 
     return None, f"no config=, no ${CONFIG_ENV}, no {CONFIG_FILE_NAME} in {Path.cwd()}"
 
 
-def _read_toml(path: Path, origin: str) -> dict[str, Any]:
-    where = f"config file {str(path)!r}" + (f" (named by {CONFIG_ENV})" if origin == FROM_ENV else "")
+def _read_toml(path: Path, where: str, origin: str) -> dict[str, Any]:
     try:
         with path.open("rb") as f:
             return tomllib.load(f)
@@ -316,8 +315,8 @@ def read_settings(config: str | os.PathLike | bool | None = None, endpoints: Map
     models, the file's default_chat_endpoint / default_embedding_endpoint, then the arguments.
     Prices and allowed_hosts come from the same file (allowed_hosts together with $AIQUERY_ALLOWED_HOSTS)."""
     path, origin = config_file(config)
-    table = _read_toml(path, origin) if path is not None else {}
-    where = f"config file {str(path)!r}"
+    where = f"config file {str(path)!r}" + (f" (named by {CONFIG_ENV})" if origin == FROM_ENV else "")
+    table = _read_toml(path, where, origin) if path is not None else {}
     for key in table:
         if key not in _TOP_LEVEL:
             hint = difflib.get_close_matches(key, _TOP_LEVEL, n=1)

@@ -8,9 +8,9 @@ its Python workers, and the connection (with its engine) lives as long as the wo
 The settings reach the workers in the Spark conf `spark.aiquery.settings`: the endpoints (names of
 the variables holding keys, never keys; a worker reads the key from its own environment), the path
 of the one settings file the driver read (prices, allowed_hosts and defaults come from it; with no
-file, workers read none of their own), and the cache. Each endpoint's max_concurrency is divided among `workers` (by default
-the session's default parallelism, the number of tasks it runs at once), so all workers together stay
-within the endpoint's limit.
+file, workers read none of their own), and the cache. Each endpoint's max_concurrency is divided
+among `workers` (by default the session's default parallelism, the number of tasks it runs at
+once), so all workers together stay within the endpoint's limit.
 
 Spark gives a function one return type, where DuckDB picks it per call, so the shapes have names:
 ai_query returns STRING (a responseFormat or returnType answer as JSON text), try_ai_query returns
