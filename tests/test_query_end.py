@@ -22,6 +22,7 @@ import pytest
 
 import aiquery
 from fakeserver import FakeServer
+from waiting import settle
 
 ROWS = 5000
 CONCURRENCY = 64
@@ -50,19 +51,13 @@ def sent(engine: aiquery.Engine) -> int:
     return sum(usage.requests for usage in engine.stats().values())
 
 
-def settle(engine: aiquery.Engine, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while engine.pending():
-        assert time.monotonic() < deadline, "the engine kept requests pending"
-        time.sleep(0.01)
-
-
 def assert_nothing_sent_after(engine, server, at_end: int) -> None:
     settle(engine)
     assert sent(engine) == at_end, f"{sent(engine) - at_end} requests sent after the query ended"
     assert len(server.requests) <= at_end
 
 
+@pytest.mark.slow  # 20 interrupted queries
 def test_an_interrupt_at_any_moment_stops_every_request_of_the_query(setup):
     """DuckDB also runs a Python function of the user's in the query, for 0.3 s a batch, so that
     many interrupts land between two ai_query batches: DuckDB then ends the query on its own."""
