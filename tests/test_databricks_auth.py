@@ -182,6 +182,7 @@ LIFETIME = 3.0
 REFRESH_EVERY = LIFETIME * 0.75
 
 
+@pytest.mark.slow  # several 3-s token lifetimes
 def test_a_long_job_outlives_several_token_lifetimes_without_a_failed_row(engine, clean_env, monkeypatch, caplog,
                                                                           cache_dir):
     # 2,000 rows; every 10th is served in 1 s, longer than a token's last quarter, so tokens

