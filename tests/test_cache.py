@@ -136,6 +136,7 @@ def test_cache_argument_must_be_a_boolean(con):
         aiquery.connect(endpoints={"chat": {"cache": "no"}})
 
 
+@pytest.mark.slow  # 320 rows of 1 s, interrupted and run again
 def test_con_interrupt_returns_at_once_and_a_rerun_sends_only_the_rest(endpoints, cache_dir):
     with FakeServer(api_key=CANARY_KEY, latency=1.0) as server:
         slow = {"chat": {**endpoints["chat"], "base_url": server.openai_base, "max_concurrency": 32}}

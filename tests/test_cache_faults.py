@@ -326,6 +326,7 @@ def child(server, rows: int, env: dict, close: bool, wrapper: Sequence[str] = ()
     return json.loads(line), err, exit_seconds
 
 
+@pytest.mark.slow  # a subprocess
 def test_a_held_write_lock_is_reported_and_does_not_hold_up_exit(cache_dir):
     path = new_cache_file(cache_dir)
     with FakeServer() as server, write_lock_held(path):
@@ -376,6 +377,7 @@ def test_answers_beyond_what_may_wait_for_a_held_lock_are_counted(endpoints, ser
     assert f"20 answers were not stored in {str(path)!r}" in messages(caught)
 
 
+@pytest.mark.slow  # a subprocess
 def test_cache_clear_while_another_process_writes_says_so(cache_dir, capsys):
     with write_lock_held(new_cache_file(cache_dir)):
         assert cli(["cache", "clear"]) == 1

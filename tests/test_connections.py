@@ -115,6 +115,7 @@ def test_the_cli_twice_in_one_process_on_one_database(endpoints, server, tmp_pat
                      f"CREATE OR REPLACE TABLE t{run} AS SELECT ai_query('chat', 'run {run}') AS a"]) == 0
 
 
+@pytest.mark.slow  # a subprocess
 def test_a_process_with_connections_left_open_exits_cleanly(endpoints, server, tmp_path):
     script = f"""
 import aiquery

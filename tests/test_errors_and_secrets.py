@@ -46,6 +46,7 @@ def test_missing_key_variable_is_a_clear_error(endpoints, monkeypatch):
             con.sql("SELECT ai_query('chat', 'hi')").fetchall()
 
 
+@pytest.mark.slow  # every surface of every kind of endpoint
 def test_no_key_in_reprs_errors_or_logs(con, server, endpoints, caplog):
     caplog.set_level(logging.DEBUG)
     con.sql("SELECT ai_query('chat', p, failOnError => false) FROM (VALUES ('a [[status=500]]'), ('b')) t(p)").fetchall()

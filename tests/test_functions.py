@@ -434,6 +434,7 @@ def local():
 
 
 @pytest.mark.local_models
+@pytest.mark.slow  # the built-in chat model
 def test_local_sentiment_and_classify_answer_within_their_labels(local):
     rows = local.sql("""SELECT ai_analyze_sentiment(t, modelParameters => {'max_tokens': 16}),
                                ai_classify(t, ['fresh', 'rotten'], modelParameters => {'max_tokens': 16}),
@@ -447,6 +448,7 @@ def test_local_sentiment_and_classify_answer_within_their_labels(local):
 
 
 @pytest.mark.local_models
+@pytest.mark.slow  # the built-in chat model
 def test_local_filter_extract_and_text_functions_answer(local):
     (keep, extracted, summary), = local.sql("""
         SELECT ai_filter('Paris is a city in France.', 'it names a city', modelParameters => {'max_tokens': 16}),

@@ -88,19 +88,21 @@ def test_other_failures_leave_the_limit_alone():
 
 
 def test_requests_per_minute_makes_the_next_request_wait():
-    async def admitted_in_time(limits, n):
+    async def admitted_in_time(limits, n, timeout):
         for _ in range(n):
             await limits.admit(1)
-        try:  # 3 a minute: the 4th is due in 20 s; an admitted one comes at once, even on a busy machine
-            await asyncio.wait_for(limits.admit(1), timeout=5)
+        try:
+            await asyncio.wait_for(limits.admit(1), timeout=timeout)
             return True
         except asyncio.TimeoutError:
             return False
 
     limits = EndpointLimits.create(4, rpm=3, tpm=None)
-    assert asyncio.run(admitted_in_time(limits, 3)) is False  # the 4th of the minute waits
+    # 3 a minute: the 4th is due in 20 s, so it is not there after 0.2 s; one that is admitted comes
+    # at once, so 30 s only bounds a hang on a busy machine
+    assert asyncio.run(admitted_in_time(limits, 3, timeout=0.2)) is False  # the 4th of the minute waits
     tokens = EndpointLimits.create(4, rpm=None, tpm=1000)
-    assert asyncio.run(admitted_in_time(tokens, 0)) is True
+    assert asyncio.run(admitted_in_time(tokens, 0, timeout=30)) is True
 
 
 def test_token_estimate_counts_prompt_and_answer_budget():

@@ -35,6 +35,7 @@ def con(engine):
         yield con
 
 
+@pytest.mark.slow  # loads the built-in model's weights
 def test_local_chat_answers_every_row_and_reports_usage(con, engine):
     before = engine.stats().get("local-chat")
     before_tokens = before.prompt_tokens if before else 0
@@ -48,12 +49,14 @@ def test_local_chat_answers_every_row_and_reports_usage(con, engine):
     assert stats.prompt_tokens > before_tokens and stats.completion_tokens > 0
 
 
+@pytest.mark.slow  # loads the built-in model's weights
 def test_local_completions_continue_the_prompt(con):
     (answer,), = con.sql(f"SELECT ai_query('local-completions', 'One, two, three, four,', "
                          f"modelParameters => {SHORT})").fetchall()
     assert answer.strip()
 
 
+@pytest.mark.slow  # loads the built-in model's weights
 def test_max_tokens_reaches_the_model(con):
     (one,), = con.sql("SELECT ai_query('local-completions', 'The capital of France is', "
                       "modelParameters => {'max_tokens': 1, 'temperature': 0.0})").fetchall()
@@ -62,6 +65,7 @@ def test_max_tokens_reaches_the_model(con):
     assert len(one) < len(many) and many.startswith(one)
 
 
+@pytest.mark.slow  # loads the built-in model's weights
 def test_a_json_schema_constrains_the_answer_to_the_labels(con):
     schema = ('{"type": "json_schema", "json_schema": {"name": "v", "schema": {"type": "object", "properties": '
               '{"sentiment": {"type": "string", "enum": ["positive", "negative"]}}, "required": ["sentiment"]}}}')
@@ -75,6 +79,7 @@ def test_a_json_schema_constrains_the_answer_to_the_labels(con):
     assert len(rows) == 4 and {r[0] for r in rows} <= {"positive", "negative"}
 
 
+@pytest.mark.slow  # loads the built-in model's weights
 def test_a_struct_response_format_gives_a_typed_struct(con):
     rel = con.sql("SELECT ai_query('local-chat', 'Rate the film Jaws.', "
                   "responseFormat => 'STRUCT<title: STRING, stars: INT>', "
@@ -84,6 +89,7 @@ def test_a_struct_response_format_gives_a_typed_struct(con):
     assert isinstance(answer["title"], str) and isinstance(answer["stars"], int)
 
 
+@pytest.mark.slow  # loads the built-in model's weights
 def test_embeddings_rank_paraphrases_above_unrelated_sentences(con):
     pairs = [("A man is eating food.", "A man is eating a piece of bread.", "A monkey is playing drums."),
              ("The cat sleeps on the sofa.", "A kitten is napping on the couch.", "Stock markets fell sharply."),
@@ -100,6 +106,7 @@ def test_embeddings_rank_paraphrases_above_unrelated_sentences(con):
         assert dimension == 384 and norm == pytest.approx(1.0, abs=1e-3)
 
 
+@pytest.mark.slow  # loads the built-in model's weights
 def test_embeddings_are_batched_and_counted(con, engine):
     before = engine.stats().get("local-embed")
     requests = before.requests if before else 0
@@ -122,6 +129,7 @@ def test_embeddings_are_batched_and_counted(con, engine):
     ("SELECT ai_query('local-chat', 'Describe it.', files => from_hex('89504E470D0A1A0A0000'))",
      "the built-in model reads text only; images \\(files =>\\) need a vision endpoint"),
 ])
+@pytest.mark.slow  # loads the built-in model's weights
 def test_requests_the_model_cannot_serve_are_clear_errors(con, sql, message):
     with pytest.raises(duckdb.Error, match=message):
         con.sql(sql).fetchall()
@@ -129,6 +137,7 @@ def test_requests_the_model_cannot_serve_are_clear_errors(con, sql, message):
     assert failed_row[0][0]["response"] is None and "local-" in failed_row[0][0]["errorMessage"]
 
 
+@pytest.mark.slow  # loads the built-in model's weights
 def test_a_cut_off_structured_answer_says_so(con):
     with pytest.raises(duckdb.Error, match="cut off at the token limit .*raise max_tokens"):
         con.sql("SELECT ai_query('local-chat', 'Describe Jaws.', responseFormat => 'STRUCT<summary: STRING>', "
@@ -163,6 +172,7 @@ def test_the_dataset_has_every_labelled_snippet(con, tmp_path, monkeypatch):
         con.sql("SELECT * FROM read_parquet(aiquery_dataset('imdb'))").fetchall()
 
 
+@pytest.mark.slow  # the aiquery command in a subprocess, on the built-in models
 def test_the_endpoints_command_lists_the_builtin_models(tmp_path):
     out = subprocess.run([sys.executable, "-m", "aiquery._cli", "endpoints"], capture_output=True, text=True,
                          cwd=tmp_path, env={**os.environ, "AIQUERY_CONFIG": ""}, check=True).stdout
@@ -171,6 +181,7 @@ def test_the_endpoints_command_lists_the_builtin_models(tmp_path):
         assert model in line and "built-in" in line
 
 
+@pytest.mark.slow  # the aiquery command in a subprocess, on the built-in models
 def test_the_readme_demo_command_prints_results_and_accuracy(tmp_path):
     """What the README's first command ends with: `aiquery run sql/quickstart.sql`."""
     result = subprocess.run([sys.executable, "-m", "aiquery._cli", "run", str(ROOT / "sql" / "quickstart.sql"),
@@ -181,6 +192,7 @@ def test_the_readme_demo_command_prints_results_and_accuracy(tmp_path):
     assert "100/100 [" in result.stderr and "requests=100 " in result.stderr  # the progress line
 
 
+@pytest.mark.slow  # loads the built-in model's weights
 def test_local_classify_chooses_labels_by_embedding_similarity(con, engine):
     rows = con.sql("""
         SELECT ai_classify('What a wonderful, moving film. I loved it.', ['positive', 'negative']),
@@ -194,6 +206,7 @@ def test_local_classify_chooses_labels_by_embedding_similarity(con, engine):
     assert engine.stats()["local-classify"].prompt_tokens > 0
 
 
+@pytest.mark.slow  # loads the built-in model's weights
 def test_local_classify_refuses_what_is_not_a_choice(con):
     with pytest.raises(duckdb.Error, match="endpoint 'local-classify'.*only chooses labels.*'local-chat'"):
         con.sql("SELECT ai_filter('A fine film', 'it is praised', endpoint => 'local-classify')").fetchall()

@@ -38,6 +38,7 @@ def test_later_batches_start_while_a_slow_row_of_the_first_is_still_running(endp
     assert len(server.requests) == 4096
 
 
+@pytest.mark.slow  # 10,000 rows
 def test_every_row_is_sent_once_with_read_ahead(con, server):
     _table(con, 10_000)
     con.sql("CREATE TABLE scored AS SELECT id, ai_query('chat', p) AS a FROM t")
@@ -86,6 +87,7 @@ def test_a_failing_query_stops_reading_ahead(endpoints, server):
         assert con.sql("SELECT 42").fetchall() == [(42,)]  # the connection is still usable
 
 
+@pytest.mark.slow  # 4,096 rows from pandas
 def test_a_pandas_data_frame_named_in_sql_is_read_ahead(endpoints, server):
     pandas = pytest.importorskip("pandas")
     frame = pandas.DataFrame({"id": range(4096), "p": ["slow [[hold]]"] + [f"row {i}" for i in range(1, 4096)]})

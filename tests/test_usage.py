@@ -132,6 +132,7 @@ def test_details_carry_usage_finish_reason_attempts_and_cache(con, server):
         con.sql("SELECT ai_query('chat', 'x', details => true)").fetchall()
 
 
+@pytest.mark.slow  # waits for the progress line's first second
 def test_progress_shows_while_a_query_runs_only_when_asked(endpoints, capfd, monkeypatch):
     from aiquery._registration import registration_of
 
