@@ -131,7 +131,7 @@ def test_the_location_is_shown_with_replacement_characters(connect):
 
 # ---- 1. the parent never waits on the child without a deadline -----------------------------------
 
-@pytest.mark.slow  # a second or more
+@pytest.mark.slow  # waits out the timeout and grace of a stopped child
 def test_a_stuck_child_is_replaced_and_its_requests_fail_saying_so(connect, engines):
     engine = aiquery.Engine(transport=ProcessTransport(grace=0.5))
     engines.append(engine)
@@ -152,7 +152,7 @@ def test_a_stuck_child_is_replaced_and_its_requests_fail_saying_so(connect, engi
         assert engine._transport._process.pid != stuck.pid
 
 
-@pytest.mark.slow  # a second or more
+@pytest.mark.slow  # kills and restarts the HTTP child
 def test_a_child_killed_mid_request_fails_that_attempt_and_the_retry_is_answered(connect, engines):
     arrived = threading.Event()
 
@@ -334,7 +334,7 @@ def test_an_echoed_oauth_token_is_redacted_too(engines, monkeypatch, tmp_path):
     assert "HTTP 400" in message and "cannot use Bearer [REDACTED]" in message and token not in message
 
 
-@pytest.mark.slow  # a second or more
+@pytest.mark.slow  # the aiquery command in a subprocess
 def test_an_echoed_key_is_redacted_from_the_cli(tmp_path, monkeypatch):
     with HostileServer(_echoes("error body")) as server:
         config = tmp_path / "aiquery.toml"
@@ -383,7 +383,7 @@ def test_a_body_past_max_response_bytes_is_refused_while_reading(connect, transp
         assert sent[0] < limit + (32 << 20)  # what the socket buffers held, not the 500 MiB
 
 
-@pytest.mark.slow  # a second or more
+@pytest.mark.slow  # sends 500 MiB
 def test_a_500_mib_body_is_refused_at_the_default_limit(connect):
     sent = [0]
     with bad_rows(_endless(sent)) as server:
@@ -395,7 +395,7 @@ def test_a_500_mib_body_is_refused_at_the_default_limit(connect):
 
 
 @pytest.mark.parametrize("coding", ["gzip", "deflate"])
-@pytest.mark.slow  # a second or more
+@pytest.mark.slow  # inflates hundreds of MiB
 def test_a_compression_bomb_is_refused_while_inflating(connect, transport, coding):
     bomb = gzip_bomb(512 << 20, wbits=31 if coding == "gzip" else 15)
     with bad_rows(http(200, bomb, [("Content-Type", "application/json"), ("Content-Encoding", coding)])) as server:
@@ -407,7 +407,7 @@ def test_a_compression_bomb_is_refused_while_inflating(connect, transport, codin
     assert len(bomb) < 1 << 20
 
 
-@pytest.mark.slow  # a second or more
+@pytest.mark.slow  # inflates 300 MiB
 def test_a_compressed_300_mib_answer_is_refused_and_not_cached(connect):
     prefix, suffix = chat_body("CONTENT").split(b"CONTENT")
     body = compressed(prefix, b"a" * (1 << 20), 300, suffix)  # a 300 MiB answer, 300 KB on the wire
@@ -441,7 +441,7 @@ def test_compressed_answers_are_read(connect, transport, coding):
         assert server.requests[0].headers["accept-encoding"] == "gzip, deflate"
 
 
-@pytest.mark.slow  # a second or more
+@pytest.mark.slow  # 2 MiB answers, through two limits
 def test_a_larger_limit_lets_a_larger_answer_through(connect):
     fault = chat("b" * (2 << 20))
     with bad_rows(fault) as server:
@@ -466,7 +466,7 @@ def test_an_encoding_we_did_not_ask_for_is_refused_naming_it(connect, transport,
 ESCAPES = "\x1b]0;pwned\x07\x1b[2J\x1b]52;c;ZWNobyBoaQ==\x07\x9b31m\u202eevil\x00"
 
 
-@pytest.mark.slow  # a second or more
+@pytest.mark.slow  # the aiquery command in a subprocess
 def test_terminal_escapes_from_a_server_reach_no_row_exception_or_cli(connect, tmp_path):
     fault = json_response(400, {"error": {"message": f"bad things {ESCAPES} happened"}})
     with bad_rows(fault) as server:
