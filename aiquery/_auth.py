@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from ._errors import AIQueryError, ConfigError, HTTPStatusError, RequestError, ResponseError, TransportError
+from ._errors import AIQueryError, ConfigError, HTTPStatusError, RequestError, RequestTimeout, ResponseError, TransportError
 from ._retry import is_retryable_status, parse_retry_after
 from ._scrub import shorten
 
@@ -322,8 +322,8 @@ class ClientCredentials(TokenSource):
         try:
             response = await transport.post(self.url, self._request_headers, TOKEN_BODY, 30.0, self.endpoint)
         except TransportError as exc:
-            raise TransportError(self._failed(str(exc).split(": ", 1)[-1]), endpoint=self.endpoint,
-                                 retryable=True) from None
+            raise type(exc)(self._failed(str(exc).split(": ", 1)[-1]), endpoint=self.endpoint,
+                            retryable=True) from None
         try:
             data = json.loads(response.body)
         except (ValueError, RecursionError):  # not JSON, or nested too deep for json.loads
@@ -420,8 +420,8 @@ class SdkCredentials(TokenSource):
             raise
         except requests.RequestException as exc:
             message = f"databricks-sdk could not reach its token service: {_redact(str(exc), self._secrets)}"
-            raise TransportError(f"endpoint {self.endpoint!r}: {message}", endpoint=self.endpoint,
-                                 retryable=True) from None
+            failed = RequestTimeout if isinstance(exc, requests.Timeout) else TransportError
+            raise failed(f"endpoint {self.endpoint!r}: {message}", endpoint=self.endpoint, retryable=True) from None
         except Exception as exc:  # the SDK raises ValueError and others for every kind of refusal
             raise RequestError(f"endpoint {self.endpoint!r}: databricks-sdk could not authenticate "
                                f"({self.describe()}): {_redact(str(exc), self._secrets)}",

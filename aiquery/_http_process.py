@@ -150,7 +150,8 @@ class ProcessTransport:
             child.ping = asyncio.get_running_loop().create_task(self._answers_ping(child))
         if await asyncio.shield(child.ping):
             return unreachable(endpoint, url, f"no answer from the HTTP process within {timeout:g} s plus "
-                                              f"{self._grace:g} s, though it runs; the request was dropped")
+                                              f"{self._grace:g} s, though it runs; the request was dropped",
+                               timeout=True)
         reason = f"the HTTP process stopped answering (nothing for {timeout + 2 * self._grace:g} s); it was replaced"
         self._lose(child, reason)
         return unreachable(endpoint, url, reason)

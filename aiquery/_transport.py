@@ -20,7 +20,7 @@ import aiohttp
 import httpx
 
 from ._config import DEFAULT_MAX_RESPONSE_BYTES
-from ._errors import RequestError, ResponseError, TransportError
+from ._errors import RequestError, RequestTimeout, ResponseError, TransportError
 from ._http_child import KEPT_HEADERS, BodyError, fetch, header_text, read_answer
 from ._scrub import shorten
 
@@ -39,14 +39,14 @@ class Transport(Protocol):
     async def aclose(self) -> None: ...
 
 
-def unreachable(endpoint: str, url: str, detail: str) -> TransportError:
+def unreachable(endpoint: str, url: str, detail: str, timeout: bool = False) -> TransportError:
     # `detail` is a client library's message, which may quote what the server sent (a bad header line)
-    return TransportError(f"endpoint {endpoint!r}: request failed to {url}: {shorten(detail)}", endpoint=endpoint,
-                          retryable=True)
+    return (RequestTimeout if timeout else TransportError)(f"endpoint {endpoint!r}: request failed to {url}: "
+                                                           f"{shorten(detail)}", endpoint=endpoint, retryable=True)
 
 
-def timed_out(endpoint: str, url: str, timeout: float) -> TransportError:
-    return TransportError(f"endpoint {endpoint!r}: no complete answer from {url} within {timeout:g} s "
+def timed_out(endpoint: str, url: str, timeout: float) -> RequestTimeout:
+    return RequestTimeout(f"endpoint {endpoint!r}: no complete answer from {url} within {timeout:g} s "
                           "(raise the endpoint's timeout setting if the model is slow)",
                           endpoint=endpoint, retryable=True)
 

@@ -32,6 +32,8 @@ def test_timeouts_and_resets_are_reported_per_row(endpoints, server):
     assert "no complete answer" in rows["slow [[sleep=2]]"] and "within 0.3 s" in rows["slow [[sleep=2]]"]
     assert "request failed to" in rows["cut [[reset]]"]
     assert rows["fine"] is None
+    kinds = con.execute("SELECT error_kinds FROM aiquery_usage() WHERE endpoint = 'chat'").fetchone()[0]
+    assert kinds == {"timeout": 1, "connection": 1}  # by the error's class (RequestTimeout), not its text
 
 
 def test_ctrl_c_does_not_stop_the_child(endpoints, server):
