@@ -51,7 +51,7 @@ from ._config import BATCH_GATHER, Endpoint
 from ._datasets import cache_dir
 from ._errors import AIQueryError, BatchError, ConfigError, HTTPStatusError, RequestError, ResponseError
 from ._providers import Target
-from ._retry import should_retry, wait_after
+from ._retry import retry_wait, wait_after
 from ._transport import Response, timed_out, unreachable
 
 if TYPE_CHECKING:
@@ -416,10 +416,11 @@ class BatchDispatcher:
             except RequestError as exc:
                 attempts += 1
                 first_failure = first_failure or time.monotonic()
-                if not should_retry(exc, attempts, time.monotonic() - first_failure, job.endpoint.max_attempts,
-                                    job.endpoint.max_retry_time):
+                wait = retry_wait(exc, attempts, time.monotonic() - first_failure, job.endpoint.max_attempts,
+                                  job.endpoint.max_retry_time)
+                if wait is None:
                     raise
-                await asyncio.sleep(wait_after(exc, attempts))
+                await asyncio.sleep(wait)
 
     def _waiting(self, job: _Job) -> bool:
         engine = self._engine()

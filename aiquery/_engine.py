@@ -19,6 +19,7 @@ import concurrent.futures
 import dataclasses
 import itertools
 import os
+import random
 import threading
 import time
 import weakref
@@ -36,7 +37,7 @@ from ._cache import ResponseCache
 from ._errors import AIQueryError, BudgetExceeded, HTTPStatusError, QueryInterrupted, RequestError, ResponseError
 from ._limits import EndpointLimits, estimate_tokens
 from ._providers import Target
-from ._retry import is_retryable_status, parse_retry_after, should_retry, wait_after
+from ._retry import is_retryable_status, parse_retry_after, retry_wait
 from ._scrub import Secrets, printable, shorten
 from ._usage import QUERY_HISTORY, Price, Usage
 from ._calls import Call
@@ -135,10 +136,13 @@ class Engine:
     """Everything requests need at run time: loop, transport, per-endpoint limits, running queries."""
 
     def __init__(self, transport: Transport | None = None, sleep: Callable[[float], Any] | None = None,
-                 idle_end: float = QUERY_IDLE_END):
+                 idle_end: float = QUERY_IDLE_END, jitter: Callable[[], float] = random.random):
+        """`sleep` waits before a retry and `jitter` draws its backoff's random fraction in [0, 1):
+        tests pass a recording sleep and a seeded `random.Random(n).random`."""
         self._transport = transport or (ProcessTransport() if os.name == "posix" else AiohttpTransport())
         self._local = LocalTransport()  # built-in models: local:// URLs
         self._sleep = sleep or asyncio.sleep
+        self._jitter = jitter
         self._idle_end = idle_end  # see QUERY_IDLE_END
         self._retrying = 0  # requests waiting to be sent again
         self._loop_thread = _LoopThread()
@@ -657,17 +661,17 @@ class Engine:
             work.attempts += 1
             now = time.monotonic()
             work.first_failure = work.first_failure or now
-            retry = should_retry(exc, work.attempts, now - work.first_failure, endpoint.max_attempts,
-                                 endpoint.max_retry_time)
+            wait = retry_wait(exc, work.attempts, now - work.first_failure, endpoint.max_attempts,
+                              endpoint.max_retry_time, self._jitter)
             exc.attempts = work.attempts  # for details => true
             for usage in usages:
                 usage.throttled += status == 429
-                if retry:
+                if wait is not None:
                     usage.retries += 1
                 else:
                     usage.fail(len(work.keys), exc)
-            if retry:
-                asyncio.get_running_loop().create_task(self._retry_later(rt, work, wait_after(exc, work.attempts)))
+            if wait is not None:
+                asyncio.get_running_loop().create_task(self._retry_later(rt, work, wait))
                 return
             answers = [exc] * len(work.keys)
         finally:

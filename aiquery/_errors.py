@@ -27,7 +27,13 @@ from __future__ import annotations
 
 
 class AIQueryError(Exception):
-    """Base class of every aiquery error."""
+    """Base class of every aiquery error.
+
+    `attempts` is how many requests were sent for the row before it failed (details => true shows
+    it); None for an error no request was sent for (bad arguments, a budget reached, a bad answer shape).
+    """
+
+    attempts: int | None = None
 
 
 class ConfigError(AIQueryError):

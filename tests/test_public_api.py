@@ -52,3 +52,10 @@ def test_error_tree():
     for cls in (aiquery.ConfigError, aiquery.ArgumentError, aiquery.RequestError, aiquery.OutputError,
                 aiquery.QueryInterrupted, aiquery.BudgetExceeded):
         assert issubclass(cls, aiquery.AIQueryError)
+
+
+def test_attempts_is_declared_on_every_error():
+    assert aiquery.AIQueryError.attempts is None  # declared with its default, documented on the class
+    assert "attempts" in aiquery.AIQueryError.__doc__
+    assert aiquery.BudgetExceeded("budget exceeded").attempts is None  # refused before any request was sent
+    assert aiquery.RequestTimeout("x", endpoint="chat").attempts is None
