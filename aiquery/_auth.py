@@ -41,14 +41,17 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from ._config import DEFAULT_MAX_RESPONSE_BYTES
 from ._errors import AIQueryError, ConfigError, HTTPStatusError, RequestError, RequestTimeout, ResponseError, TransportError
 from ._retry import is_retryable_status, parse_retry_after
 from ._scrub import shorten
+from ._transport import BodyError, SendError, Unavailable
 
 BUILT_IN_TYPES = ("pat", "oauth-m2m")
 SDK = "databricks-sdk"  # auth_type: let databricks-sdk's default chain choose
 TOKEN_PATH = "/oidc/v1/token"
 TOKEN_BODY = b"grant_type=client_credentials&scope=all-apis"
+TOKEN_TIMEOUT = 30.0  # seconds for one token request
 MAX_REFRESH_MARGIN = 60.0   # seconds before expiry a token is refreshed, at most (a quarter of its life if shorter)
 FAILURE_HOLD = 10.0         # seconds a refused client secret answers every request without asking again
 RETRY_BACKOFF = 5.0         # seconds before a failed background refresh is tried again, at most
@@ -320,10 +323,12 @@ class ClientCredentials(TokenSource):
 
     async def _fetch(self, transport: Any, forced: bool) -> tuple[str, float | None, float | None]:
         try:
-            response = await transport.post(self.url, self._request_headers, TOKEN_BODY, 30.0, self.endpoint)
-        except TransportError as exc:
-            raise type(exc)(self._failed(str(exc).split(": ", 1)[-1]), endpoint=self.endpoint,
-                            retryable=True) from None
+            response = await transport.post(self.url, self._request_headers, TOKEN_BODY, TOKEN_TIMEOUT)
+        except (SendError, BodyError, Unavailable) as exc:
+            from ._engine import transport_failure
+
+            raise transport_failure(exc, self.endpoint, self.url, TOKEN_TIMEOUT, DEFAULT_MAX_RESPONSE_BYTES,
+                                    say=self._failed) from None
         try:
             data = json.loads(response.body)
         except (ValueError, RecursionError):  # not JSON, or nested too deep for json.loads

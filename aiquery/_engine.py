@@ -34,7 +34,8 @@ from . import _process, _wire
 from ._config import PREFIX_CHARS, Endpoint
 from ._batch import BatchDispatcher
 from ._cache import ResponseCache
-from ._errors import AIQueryError, BudgetExceeded, HTTPStatusError, QueryInterrupted, RequestError, ResponseError
+from ._errors import (AIQueryError, BudgetExceeded, ConfigError, HTTPStatusError, QueryInterrupted, RequestError,
+                      RequestTimeout, ResponseError, TransportError)
 from ._limits import EndpointLimits, estimate_tokens
 from ._providers import Target
 from ._retry import is_retryable_status, parse_retry_after, retry_wait
@@ -44,7 +45,7 @@ from ._calls import Call
 from ._query import Query
 from ._http_process import ProcessTransport
 from ._local import SCHEME as LOCAL_SCHEME, LocalTransport
-from ._transport import AiohttpTransport, Response, Transport
+from ._transport import AiohttpTransport, BodyError, Response, SendError, SendTimeout, Transport, Unavailable
 
 _PARSERS: dict[str, Callable[[bytes, str, dict], _wire.Answer]] = {
     "chat": _wire.parse_chat, "completions": _wire.parse_completions, "custom": _wire.parse_custom,
@@ -628,7 +629,7 @@ class Engine:
             headers = target.headers if target.auth is None else await target.auth.headers(self._transport)
             secrets = self._secrets(target, headers)
             started = time.monotonic()
-            response = await transport.post(target.url, headers, payload, endpoint.timeout, endpoint.name,
+            response = await transport.post(target.url, headers, payload, endpoint.timeout,
                                             endpoint.max_response_bytes)
             for _ in range(AUTH_RESENDS if target.auth is not None else 0):
                 if response.status != 401 or not await target.auth.refused(headers, self._transport):
@@ -638,7 +639,7 @@ class Engine:
                 for usage in usages:
                     usage.requests += 1
                     usage.retries += 1
-                response = await transport.post(target.url, headers, payload, endpoint.timeout, endpoint.name,
+                response = await transport.post(target.url, headers, payload, endpoint.timeout,
                                                 endpoint.max_response_bytes)
             if secrets:
                 response = _without_secrets(response, secrets)
@@ -657,13 +658,12 @@ class Engine:
             for usage in usages:
                 usage.answer(len(answers), tokens, time.monotonic() - started)
         except Exception as exc:  # noqa: BLE001 - whatever goes wrong fails this request's rows, nothing else
-            exc = _reported(exc, endpoint, target.url, secrets, status)
             work.attempts += 1
+            exc = _reported(exc, endpoint, target.url, secrets, status, work.attempts)
             now = time.monotonic()
             work.first_failure = work.first_failure or now
             wait = retry_wait(exc, work.attempts, now - work.first_failure, endpoint.max_attempts,
                               endpoint.max_retry_time, self._jitter)
-            exc.attempts = work.attempts  # for details => true
             for usage in usages:
                 usage.throttled += status == 429
                 if wait is not None:
@@ -779,10 +779,14 @@ def _without_secrets(response: Response, secrets: Secrets) -> Response:
     return response if body is response.body else Response(response.status, response.headers, body)
 
 
-def _reported(exc: Exception, endpoint: Endpoint, url: str, secrets: Secrets, status: int | None) -> AIQueryError:
-    """`exc` as the AIQueryError a row reports: printable, without the keys the request carried.
+def _reported(exc: Exception, endpoint: Endpoint, url: str, secrets: Secrets, status: int | None,
+              attempts: int | None = None) -> AIQueryError:
+    """`exc` as the AIQueryError a row reports, after `attempts` requests: a transport's failure
+    named for the endpoint (transport_failure), printable, without the keys the request carried.
     Anything else (a bug of ours, or of a library under us) becomes a RequestError that is not retried."""
-    if not isinstance(exc, AIQueryError):
+    if isinstance(exc, (SendError, BodyError, Unavailable)):
+        exc = transport_failure(exc, endpoint.name, url, endpoint.timeout, endpoint.max_response_bytes)
+    elif not isinstance(exc, AIQueryError):
         exc = RequestError(f"endpoint {endpoint.name!r}: reading the answer from {url} failed "
                            f"({type(exc).__name__}: {shorten(str(exc))}); please report this as a bug",
                            endpoint=endpoint.name, status=status)
@@ -790,7 +794,41 @@ def _reported(exc: Exception, endpoint: Endpoint, url: str, secrets: Secrets, st
     clean = secrets.redact(printable(message))
     if clean != message:
         exc.args = (clean,)
+    exc.attempts = attempts  # for details => true
     return exc
+
+
+def transport_failure(exc: SendError | BodyError | Unavailable, endpoint: str, url: str, timeout: float,
+                      limit: int, say: Callable[[str], str] | None = None) -> AIQueryError:
+    """The error users read for what a transport raised (aiquery/_transport.py: transports name no
+    endpoint). `say` turns the text into the message (default: it after the endpoint's name); the
+    token requests of aiquery/_auth.py add where the credentials came from."""
+    say = say or (lambda text: f"endpoint {endpoint!r}: {text}")
+    if isinstance(exc, Unavailable):
+        return ConfigError(say(str(exc)))
+    if isinstance(exc, BodyError):
+        # A body too large or in an encoding we cannot decode will be the same next time: not retried.
+        status = exc.status
+        if exc.kind == "too_large":
+            what = "decompresses to more than" if str(exc) == "decompressed" else "is larger than"
+            text = (f"the HTTP {status} answer from {url} {what} max_response_bytes ({limit:,} bytes); raise "
+                    "max_response_bytes in the endpoint's settings if answers this large are expected")
+            return ResponseError(say(text), endpoint=endpoint, status=status)
+        if exc.kind == "undecodable":
+            text = (f"the HTTP {status} answer from {url} has Content-Encoding {shorten(str(exc), 40)!r}, which "
+                    "aiquery neither asked for nor can decode (it accepts gzip and deflate)")
+            return ResponseError(say(text), endpoint=endpoint, status=status)
+        return ResponseError(say(f"the HTTP {status} answer from {url} could not be read: {exc}"), endpoint=endpoint,
+                             status=status, retryable=True)
+    # str(exc) is a client library's message, which may quote what the server sent (a bad header line)
+    detail = shorten(str(exc)) if str(exc) else ""
+    if isinstance(exc, SendTimeout):
+        text = (f"request failed to {url}: {detail}" if detail else
+                f"no complete answer from {url} within {timeout:g} s (raise the endpoint's timeout setting if the "
+                "model is slow)")
+        return RequestTimeout(say(text), endpoint=endpoint, retryable=True)
+    return TransportError(say(f"request failed to {url}: {detail or type(exc).__name__}"), endpoint=endpoint,
+                          retryable=True)
 
 
 def _status_error(endpoint: Endpoint, target: Target, response: Response) -> HTTPStatusError:
