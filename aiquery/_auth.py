@@ -42,7 +42,8 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from ._config import DEFAULT_MAX_RESPONSE_BYTES
-from ._errors import AIQueryError, ConfigError, HTTPStatusError, RequestError, RequestTimeout, ResponseError, TransportError
+from ._errors import (AIQueryError, ConfigError, HTTPStatusError, RequestError, RequestTimeout, ResponseError,
+                      TransportError)
 from ._retry import is_retryable_status, parse_retry_after
 from ._scrub import shorten
 from ._transport import BodyError, SendError, Unavailable

@@ -20,10 +20,11 @@ import dataclasses
 import itertools
 import os
 import random
+import re
 import threading
 import time
 import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from typing import Any
@@ -137,11 +138,14 @@ class Engine:
     """Everything requests need at run time: loop, transport, per-endpoint limits, running queries."""
 
     def __init__(self, transport: Transport | None = None, sleep: Callable[[float], Any] | None = None,
-                 idle_end: float = QUERY_IDLE_END, jitter: Callable[[], float] = random.random):
-        """`sleep` waits before a retry and `jitter` draws its backoff's random fraction in [0, 1):
-        tests pass a recording sleep and a seeded `random.Random(n).random`."""
-        self._transport = transport or (ProcessTransport() if os.name == "posix" else AiohttpTransport())
-        self._local = LocalTransport()  # built-in models: local:// URLs
+                 idle_end: float = QUERY_IDLE_END, jitter: Callable[[], float] = random.random,
+                 mounts: Mapping[str, Transport | None] | None = None):
+        """`transport` sends http:// and https:// requests; `mounts` ({"https://": transport, ...},
+        as httpx's mounts=) replaces the transport of a URL scheme, None removing it (see
+        default_mounts). The engine closes them. `sleep` waits before a retry and `jitter` draws
+        its backoff's random fraction in [0, 1): tests pass a recording sleep and a seeded
+        `random.Random(n).random`."""
+        self._mounts = _mounted(transport, mounts or {})
         self._sleep = sleep or asyncio.sleep
         self._jitter = jitter
         self._idle_end = idle_end  # see QUERY_IDLE_END
@@ -154,8 +158,9 @@ class Engine:
         self._batches = BatchDispatcher(self)  # batch mode: calls sent through provider batch APIs
         # On close(), when the engine goes away, or at exit: stop reading ahead, close the HTTP
         # session, stop the thread. The finalizer holds no reference to the engine itself.
+        transports = {id(t): t for t in self._mounts.values()}
         self._finalizer = weakref.finalize(self, _shutdown, self._queries, self._loop_thread,
-                                           (self._transport, self._local, self._batches))
+                                           (*transports.values(), self._batches))
         self._queries_lock = threading.RLock()  # the SIGINT handler takes it on whatever thread it interrupts
         self._token_sources: dict[tuple, Any] = {}  # credentials identity -> its TokenSource (aiquery/_auth.py)
         self._token_secrets: dict[int, tuple[dict, Secrets]] = {}  # id(headers) -> (headers, their secrets)
@@ -604,7 +609,8 @@ class Engine:
         """Sends `work` once; answers its entries, or queues it again after a wait if that may help."""
         call, endpoint, target = work.call, work.call.endpoint, work.call.target
         usages = self._usages(rt, work.query)
-        refused = _over_budget(rt, usages)
+        transport = self._mounts.get(_scheme(target.url))  # its token requests, if any, go through it too
+        refused = _over_budget(rt, usages) if transport is not None else self._unmounted(target.url, endpoint)
         if refused is not None:
             for usage in usages:
                 usage.fail(len(work.keys), refused)
@@ -625,16 +631,15 @@ class Engine:
         status = None
         secrets = target.secrets
         try:
-            transport = self._local if target.url.startswith(LOCAL_SCHEME + ":") else self._transport
-            headers = target.headers if target.auth is None else await target.auth.headers(self._transport)
+            headers = target.headers if target.auth is None else await target.auth.headers(transport)
             secrets = self._secrets(target, headers)
             started = time.monotonic()
             response = await transport.post(target.url, headers, payload, endpoint.timeout,
                                             endpoint.max_response_bytes)
             for _ in range(AUTH_RESENDS if target.auth is not None else 0):
-                if response.status != 401 or not await target.auth.refused(headers, self._transport):
+                if response.status != 401 or not await target.auth.refused(headers, transport):
                     break
-                headers = await target.auth.headers(self._transport)  # a newer token: send once more
+                headers = await target.auth.headers(transport)  # a newer token: send once more
                 secrets = self._secrets(target, headers)
                 for usage in usages:
                     usage.requests += 1
@@ -680,6 +685,12 @@ class Engine:
             for key, answer in zip(work.keys, answers):
                 call.cache.put(key, endpoint.name, endpoint.model, answer, usages)
         self._settle(work, answers)
+
+    def _unmounted(self, url: str, endpoint: Endpoint) -> ConfigError:
+        scheme = _scheme(url)
+        return ConfigError(f"endpoint {endpoint.name!r}: no transport is mounted for {scheme or url!r} URLs ({url}); "
+                           f"this engine mounts {', '.join(self._mounts) or 'none'}: pass "
+                           f"Engine(mounts={{{scheme!r}: transport}}) to send there")
 
     def _awaited(self, work: _Work) -> bool:
         """Whether a batch waits for the answer of `work` (else it was only read ahead)."""
@@ -759,6 +770,31 @@ def _over_budget(rt: _Runtime, usages: list[Usage]) -> BudgetExceeded | None:
             return BudgetExceeded(f"budget exceeded: endpoint {endpoint.name!r} spent ${cost:,.4f} for {scope}, "
                                   f"its {usd_setting} is ${usd:,.4f}; raise it to send the remaining rows")
     return None
+
+
+def default_mounts(transport: Transport | None = None) -> dict[str, Transport]:
+    """The transport of each URL scheme an endpoint can have: http(s) through `transport` (by
+    default aiohttp in a child process on POSIX, in this process elsewhere), local:// (the
+    built-in models) answered in this process."""
+    http = transport or (ProcessTransport() if os.name == "posix" else AiohttpTransport())
+    return {"http://": http, "https://": http, f"{LOCAL_SCHEME}://": LocalTransport()}
+
+
+def _scheme(url: str) -> str:
+    """"https://" of "https://host/path": the key of the URL's transport in an engine's mounts."""
+    head, sep, _ = url.partition("://")
+    return head + sep if sep else ""
+
+
+def _mounted(transport: Transport | None, mounts: Mapping[str, Transport | None]) -> dict[str, Transport]:
+    for scheme, mounted in mounts.items():
+        if not (isinstance(scheme, str) and re.fullmatch(r"[a-z][a-z0-9+.-]*://", scheme)):
+            raise ConfigError(f"mounts key {scheme!r} is not a URL scheme like 'https://'")
+        if mounted is not None and not callable(getattr(mounted, "post", None)):
+            raise ConfigError(f"mounts[{scheme!r}] has no async post(url, headers, body, timeout, max_bytes): "
+                              "give a transport (aiquery.HttpxTransport(), aiquery.AiohttpTransport(), ...) or None")
+    chosen = {**default_mounts(transport), **mounts}
+    return {scheme: mounted for scheme, mounted in chosen.items() if mounted is not None}
 
 
 def _shutdown(queries: dict[tuple, Query], loop_thread: _LoopThread, transports: tuple[Transport, ...]) -> None:
