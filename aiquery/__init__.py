@@ -8,8 +8,9 @@
 from ._config import Endpoint
 from ._dialect import hint, translate
 from ._engine import Engine
-from ._errors import (AIQueryError, ArgumentError, BatchError, CacheWarning, ConfigError, HTTPStatusError, OutputError, QueryInterrupted,
-                      RequestError, ResponseError, TransportError, UnknownEndpointError)
+from ._errors import (AIQueryError, ArgumentError, BatchError, BudgetExceeded, CacheWarning, ConfigError, HTTPStatusError,
+                      OutputError, QueryInterrupted, RequestError, RequestTimeout, ResponseError, TransportError,
+                      UnknownEndpointError)
 from ._estimate import estimate
 from ._readahead import explain
 from ._registration import connect, register
@@ -19,7 +20,8 @@ from ._transport import AiohttpTransport, HttpxTransport
 __version__ = "0.1.0"
 
 __all__ = [
-    "AIQueryError", "AiohttpTransport", "ArgumentError", "BatchError", "CacheWarning", "ConfigError", "Endpoint", "Engine", "HTTPStatusError",
-    "HttpxTransport", "OutputError", "QueryInterrupted", "RequestError", "ResponseError", "TransportError", "UnknownEndpointError",
+    "AIQueryError", "AiohttpTransport", "ArgumentError", "BatchError", "BudgetExceeded", "CacheWarning", "ConfigError", "Endpoint",
+    "Engine", "HTTPStatusError", "HttpxTransport", "OutputError", "QueryInterrupted", "RequestError", "RequestTimeout",
+    "ResponseError", "TransportError", "UnknownEndpointError",
     "connect", "estimate", "explain", "hint", "register", "sql", "translate",
 ]

@@ -94,7 +94,7 @@ def row(value: Any, outcome: _wire.Answer | AIQueryError, options: Options) -> d
         row["details"] = {
             "prompt_tokens": usage.get("prompt_tokens"), "completion_tokens": usage.get("completion_tokens"),
             "total_tokens": usage.get("total_tokens"), "finish_reason": None if failed else outcome.finish_reason,
-            "attempts": getattr(outcome, "attempts", None), "cached": None if failed else outcome.cached,
+            "attempts": outcome.attempts, "cached": None if failed else outcome.cached,
             "status": getattr(outcome, "status", None) if failed else None,
             "cached_tokens": usage.get("cached_tokens"),
             "batch_id": getattr(outcome, "batch_id", None)}

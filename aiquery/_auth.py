@@ -41,14 +41,18 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from ._errors import AIQueryError, ConfigError, HTTPStatusError, RequestError, ResponseError, TransportError
+from ._config import DEFAULT_MAX_RESPONSE_BYTES
+from ._errors import (AIQueryError, ConfigError, HTTPStatusError, RequestError, RequestTimeout, ResponseError,
+                      TransportError)
 from ._retry import is_retryable_status, parse_retry_after
 from ._scrub import shorten
+from ._transport import BodyError, SendError, Unavailable
 
 BUILT_IN_TYPES = ("pat", "oauth-m2m")
 SDK = "databricks-sdk"  # auth_type: let databricks-sdk's default chain choose
 TOKEN_PATH = "/oidc/v1/token"
 TOKEN_BODY = b"grant_type=client_credentials&scope=all-apis"
+TOKEN_TIMEOUT = 30.0  # seconds for one token request
 MAX_REFRESH_MARGIN = 60.0   # seconds before expiry a token is refreshed, at most (a quarter of its life if shorter)
 FAILURE_HOLD = 10.0         # seconds a refused client secret answers every request without asking again
 RETRY_BACKOFF = 5.0         # seconds before a failed background refresh is tried again, at most
@@ -320,10 +324,12 @@ class ClientCredentials(TokenSource):
 
     async def _fetch(self, transport: Any, forced: bool) -> tuple[str, float | None, float | None]:
         try:
-            response = await transport.post(self.url, self._request_headers, TOKEN_BODY, 30.0, self.endpoint)
-        except TransportError as exc:
-            raise TransportError(self._failed(str(exc).split(": ", 1)[-1]), endpoint=self.endpoint,
-                                 retryable=True) from None
+            response = await transport.post(self.url, self._request_headers, TOKEN_BODY, TOKEN_TIMEOUT)
+        except (SendError, BodyError, Unavailable) as exc:
+            from ._engine import transport_failure
+
+            raise transport_failure(exc, self.endpoint, self.url, TOKEN_TIMEOUT, DEFAULT_MAX_RESPONSE_BYTES,
+                                    say=self._failed) from None
         try:
             data = json.loads(response.body)
         except (ValueError, RecursionError):  # not JSON, or nested too deep for json.loads
@@ -420,8 +426,8 @@ class SdkCredentials(TokenSource):
             raise
         except requests.RequestException as exc:
             message = f"databricks-sdk could not reach its token service: {_redact(str(exc), self._secrets)}"
-            raise TransportError(f"endpoint {self.endpoint!r}: {message}", endpoint=self.endpoint,
-                                 retryable=True) from None
+            failed = RequestTimeout if isinstance(exc, requests.Timeout) else TransportError
+            raise failed(f"endpoint {self.endpoint!r}: {message}", endpoint=self.endpoint, retryable=True) from None
         except Exception as exc:  # the SDK raises ValueError and others for every kind of refusal
             raise RequestError(f"endpoint {self.endpoint!r}: databricks-sdk could not authenticate "
                                f"({self.describe()}): {_redact(str(exc), self._secrets)}",

@@ -51,8 +51,8 @@ from ._config import BATCH_GATHER, Endpoint
 from ._datasets import cache_dir
 from ._errors import AIQueryError, BatchError, ConfigError, HTTPStatusError, RequestError, ResponseError
 from ._providers import Target
-from ._retry import should_retry, wait_after
-from ._transport import Response, timed_out, unreachable
+from ._retry import retry_wait, wait_after
+from ._transport import Response, SendError, SendTimeout
 
 if TYPE_CHECKING:
     from ._calls import Call
@@ -188,16 +188,17 @@ class BatchClient:
         self._headers = {k: v for k, v in target.headers.items() if k.lower() != "content-type"}
 
     async def _request(self, method: str, path: str, **options: Any) -> httpx.Response:
-        from ._engine import _status_error
+        from ._engine import _status_error, transport_failure
 
         url = self.base + path
         try:
             response = await self.http.request(method, url, headers=self._headers, timeout=self.endpoint.timeout,
                                                **options)
-        except httpx.TimeoutException:
-            raise timed_out(self.endpoint.name, url, self.endpoint.timeout) from None
         except httpx.HTTPError as exc:
-            raise unreachable(self.endpoint.name, url, str(exc) or type(exc).__name__) from None
+            timeout = isinstance(exc, httpx.TimeoutException)
+            failed = SendTimeout() if timeout else SendError(str(exc) or type(exc).__name__)
+            raise transport_failure(failed, self.endpoint.name, url, self.endpoint.timeout,
+                                    self.endpoint.max_response_bytes) from None
         if not 200 <= response.status_code < 300:
             raise _status_error(self.endpoint, dataclasses.replace(self.target, url=url),
                                 Response(response.status_code, response.headers, response.content))
@@ -416,10 +417,11 @@ class BatchDispatcher:
             except RequestError as exc:
                 attempts += 1
                 first_failure = first_failure or time.monotonic()
-                if not should_retry(exc, attempts, time.monotonic() - first_failure, job.endpoint.max_attempts,
-                                    job.endpoint.max_retry_time):
+                wait = retry_wait(exc, attempts, time.monotonic() - first_failure, job.endpoint.max_attempts,
+                                  job.endpoint.max_retry_time)
+                if wait is None:
                     raise
-                await asyncio.sleep(wait_after(exc, attempts))
+                await asyncio.sleep(wait)
 
     def _waiting(self, job: _Job) -> bool:
         engine = self._engine()

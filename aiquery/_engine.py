@@ -19,10 +19,12 @@ import concurrent.futures
 import dataclasses
 import itertools
 import os
+import random
+import re
 import threading
 import time
 import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from typing import Any
@@ -33,17 +35,18 @@ from . import _process, _wire
 from ._config import PREFIX_CHARS, Endpoint
 from ._batch import BatchDispatcher
 from ._cache import ResponseCache
-from ._errors import AIQueryError, BudgetExceeded, HTTPStatusError, QueryInterrupted, RequestError, ResponseError
+from ._errors import (AIQueryError, BudgetExceeded, ConfigError, HTTPStatusError, QueryInterrupted, RequestError,
+                      RequestTimeout, ResponseError, TransportError)
 from ._limits import EndpointLimits, estimate_tokens
 from ._providers import Target
-from ._retry import is_retryable_status, parse_retry_after, should_retry, wait_after
+from ._retry import is_retryable_status, parse_retry_after, retry_wait
 from ._scrub import Secrets, printable, shorten
 from ._usage import QUERY_HISTORY, Price, Usage
 from ._calls import Call
 from ._query import Query
 from ._http_process import ProcessTransport
 from ._local import SCHEME as LOCAL_SCHEME, LocalTransport
-from ._transport import AiohttpTransport, Response, Transport
+from ._transport import AiohttpTransport, BodyError, Response, SendError, SendTimeout, Transport, Unavailable
 
 _PARSERS: dict[str, Callable[[bytes, str, dict], _wire.Answer]] = {
     "chat": _wire.parse_chat, "completions": _wire.parse_completions, "custom": _wire.parse_custom,
@@ -135,10 +138,16 @@ class Engine:
     """Everything requests need at run time: loop, transport, per-endpoint limits, running queries."""
 
     def __init__(self, transport: Transport | None = None, sleep: Callable[[float], Any] | None = None,
-                 idle_end: float = QUERY_IDLE_END):
-        self._transport = transport or (ProcessTransport() if os.name == "posix" else AiohttpTransport())
-        self._local = LocalTransport()  # built-in models: local:// URLs
+                 idle_end: float = QUERY_IDLE_END, jitter: Callable[[], float] = random.random,
+                 mounts: Mapping[str, Transport | None] | None = None):
+        """`transport` sends http:// and https:// requests; `mounts` ({"https://": transport, ...},
+        as httpx's mounts=) replaces the transport of a URL scheme, None removing it (see
+        default_mounts). The engine closes them. `sleep` waits before a retry and `jitter` draws
+        its backoff's random fraction in [0, 1): tests pass a recording sleep and a seeded
+        `random.Random(n).random`."""
+        self._mounts = _mounted(transport, mounts or {})
         self._sleep = sleep or asyncio.sleep
+        self._jitter = jitter
         self._idle_end = idle_end  # see QUERY_IDLE_END
         self._retrying = 0  # requests waiting to be sent again
         self._loop_thread = _LoopThread()
@@ -149,8 +158,9 @@ class Engine:
         self._batches = BatchDispatcher(self)  # batch mode: calls sent through provider batch APIs
         # On close(), when the engine goes away, or at exit: stop reading ahead, close the HTTP
         # session, stop the thread. The finalizer holds no reference to the engine itself.
+        transports = {id(t): t for t in self._mounts.values()}
         self._finalizer = weakref.finalize(self, _shutdown, self._queries, self._loop_thread,
-                                           (self._transport, self._local, self._batches))
+                                           (*transports.values(), self._batches))
         self._queries_lock = threading.RLock()  # the SIGINT handler takes it on whatever thread it interrupts
         self._token_sources: dict[tuple, Any] = {}  # credentials identity -> its TokenSource (aiquery/_auth.py)
         self._token_secrets: dict[int, tuple[dict, Secrets]] = {}  # id(headers) -> (headers, their secrets)
@@ -599,7 +609,8 @@ class Engine:
         """Sends `work` once; answers its entries, or queues it again after a wait if that may help."""
         call, endpoint, target = work.call, work.call.endpoint, work.call.target
         usages = self._usages(rt, work.query)
-        refused = _over_budget(rt, usages)
+        transport = self._mounts.get(_scheme(target.url))  # its token requests, if any, go through it too
+        refused = _over_budget(rt, usages) if transport is not None else self._unmounted(target.url, endpoint)
         if refused is not None:
             for usage in usages:
                 usage.fail(len(work.keys), refused)
@@ -620,21 +631,20 @@ class Engine:
         status = None
         secrets = target.secrets
         try:
-            transport = self._local if target.url.startswith(LOCAL_SCHEME + ":") else self._transport
-            headers = target.headers if target.auth is None else await target.auth.headers(self._transport)
+            headers = target.headers if target.auth is None else await target.auth.headers(transport)
             secrets = self._secrets(target, headers)
             started = time.monotonic()
-            response = await transport.post(target.url, headers, payload, endpoint.timeout, endpoint.name,
+            response = await transport.post(target.url, headers, payload, endpoint.timeout,
                                             endpoint.max_response_bytes)
             for _ in range(AUTH_RESENDS if target.auth is not None else 0):
-                if response.status != 401 or not await target.auth.refused(headers, self._transport):
+                if response.status != 401 or not await target.auth.refused(headers, transport):
                     break
-                headers = await target.auth.headers(self._transport)  # a newer token: send once more
+                headers = await target.auth.headers(transport)  # a newer token: send once more
                 secrets = self._secrets(target, headers)
                 for usage in usages:
                     usage.requests += 1
                     usage.retries += 1
-                response = await transport.post(target.url, headers, payload, endpoint.timeout, endpoint.name,
+                response = await transport.post(target.url, headers, payload, endpoint.timeout,
                                                 endpoint.max_response_bytes)
             if secrets:
                 response = _without_secrets(response, secrets)
@@ -653,21 +663,20 @@ class Engine:
             for usage in usages:
                 usage.answer(len(answers), tokens, time.monotonic() - started)
         except Exception as exc:  # noqa: BLE001 - whatever goes wrong fails this request's rows, nothing else
-            exc = _reported(exc, endpoint, target.url, secrets, status)
             work.attempts += 1
+            exc = _reported(exc, endpoint, target.url, secrets, status, work.attempts)
             now = time.monotonic()
             work.first_failure = work.first_failure or now
-            retry = should_retry(exc, work.attempts, now - work.first_failure, endpoint.max_attempts,
-                                 endpoint.max_retry_time)
-            exc.attempts = work.attempts  # for details => true
+            wait = retry_wait(exc, work.attempts, now - work.first_failure, endpoint.max_attempts,
+                              endpoint.max_retry_time, self._jitter)
             for usage in usages:
                 usage.throttled += status == 429
-                if retry:
+                if wait is not None:
                     usage.retries += 1
                 else:
                     usage.fail(len(work.keys), exc)
-            if retry:
-                asyncio.get_running_loop().create_task(self._retry_later(rt, work, wait_after(exc, work.attempts)))
+            if wait is not None:
+                asyncio.get_running_loop().create_task(self._retry_later(rt, work, wait))
                 return
             answers = [exc] * len(work.keys)
         finally:
@@ -676,6 +685,12 @@ class Engine:
             for key, answer in zip(work.keys, answers):
                 call.cache.put(key, endpoint.name, endpoint.model, answer, usages)
         self._settle(work, answers)
+
+    def _unmounted(self, url: str, endpoint: Endpoint) -> ConfigError:
+        scheme = _scheme(url)
+        return ConfigError(f"endpoint {endpoint.name!r}: no transport is mounted for {scheme or url!r} URLs ({url}); "
+                           f"this engine mounts {', '.join(self._mounts) or 'none'}: pass "
+                           f"Engine(mounts={{{scheme!r}: transport}}) to send there")
 
     def _awaited(self, work: _Work) -> bool:
         """Whether a batch waits for the answer of `work` (else it was only read ahead)."""
@@ -757,6 +772,31 @@ def _over_budget(rt: _Runtime, usages: list[Usage]) -> BudgetExceeded | None:
     return None
 
 
+def default_mounts(transport: Transport | None = None) -> dict[str, Transport]:
+    """The transport of each URL scheme an endpoint can have: http(s) through `transport` (by
+    default aiohttp in a child process on POSIX, in this process elsewhere), local:// (the
+    built-in models) answered in this process."""
+    http = transport or (ProcessTransport() if os.name == "posix" else AiohttpTransport())
+    return {"http://": http, "https://": http, f"{LOCAL_SCHEME}://": LocalTransport()}
+
+
+def _scheme(url: str) -> str:
+    """"https://" of "https://host/path": the key of the URL's transport in an engine's mounts."""
+    head, sep, _ = url.partition("://")
+    return head + sep if sep else ""
+
+
+def _mounted(transport: Transport | None, mounts: Mapping[str, Transport | None]) -> dict[str, Transport]:
+    for scheme, mounted in mounts.items():
+        if not (isinstance(scheme, str) and re.fullmatch(r"[a-z][a-z0-9+.-]*://", scheme)):
+            raise ConfigError(f"mounts key {scheme!r} is not a URL scheme like 'https://'")
+        if mounted is not None and not callable(getattr(mounted, "post", None)):
+            raise ConfigError(f"mounts[{scheme!r}] has no async post(url, headers, body, timeout, max_bytes): "
+                              "give a transport (aiquery.HttpxTransport(), aiquery.AiohttpTransport(), ...) or None")
+    chosen = {**default_mounts(transport), **mounts}
+    return {scheme: mounted for scheme, mounted in chosen.items() if mounted is not None}
+
+
 def _shutdown(queries: dict[tuple, Query], loop_thread: _LoopThread, transports: tuple[Transport, ...]) -> None:
     for query in list(queries.values()):
         query.stopped.set()
@@ -775,10 +815,14 @@ def _without_secrets(response: Response, secrets: Secrets) -> Response:
     return response if body is response.body else Response(response.status, response.headers, body)
 
 
-def _reported(exc: Exception, endpoint: Endpoint, url: str, secrets: Secrets, status: int | None) -> AIQueryError:
-    """`exc` as the AIQueryError a row reports: printable, without the keys the request carried.
+def _reported(exc: Exception, endpoint: Endpoint, url: str, secrets: Secrets, status: int | None,
+              attempts: int | None = None) -> AIQueryError:
+    """`exc` as the AIQueryError a row reports, after `attempts` requests: a transport's failure
+    named for the endpoint (transport_failure), printable, without the keys the request carried.
     Anything else (a bug of ours, or of a library under us) becomes a RequestError that is not retried."""
-    if not isinstance(exc, AIQueryError):
+    if isinstance(exc, (SendError, BodyError, Unavailable)):
+        exc = transport_failure(exc, endpoint.name, url, endpoint.timeout, endpoint.max_response_bytes)
+    elif not isinstance(exc, AIQueryError):
         exc = RequestError(f"endpoint {endpoint.name!r}: reading the answer from {url} failed "
                            f"({type(exc).__name__}: {shorten(str(exc))}); please report this as a bug",
                            endpoint=endpoint.name, status=status)
@@ -786,7 +830,41 @@ def _reported(exc: Exception, endpoint: Endpoint, url: str, secrets: Secrets, st
     clean = secrets.redact(printable(message))
     if clean != message:
         exc.args = (clean,)
+    exc.attempts = attempts  # for details => true
     return exc
+
+
+def transport_failure(exc: SendError | BodyError | Unavailable, endpoint: str, url: str, timeout: float,
+                      limit: int, say: Callable[[str], str] | None = None) -> AIQueryError:
+    """The error users read for what a transport raised (aiquery/_transport.py: transports name no
+    endpoint). `say` turns the text into the message (default: it after the endpoint's name); the
+    token requests of aiquery/_auth.py add where the credentials came from."""
+    say = say or (lambda text: f"endpoint {endpoint!r}: {text}")
+    if isinstance(exc, Unavailable):
+        return ConfigError(say(str(exc)))
+    if isinstance(exc, BodyError):
+        # A body too large or in an encoding we cannot decode will be the same next time: not retried.
+        status = exc.status
+        if exc.kind == "too_large":
+            what = "decompresses to more than" if str(exc) == "decompressed" else "is larger than"
+            text = (f"the HTTP {status} answer from {url} {what} max_response_bytes ({limit:,} bytes); raise "
+                    "max_response_bytes in the endpoint's settings if answers this large are expected")
+            return ResponseError(say(text), endpoint=endpoint, status=status)
+        if exc.kind == "undecodable":
+            text = (f"the HTTP {status} answer from {url} has Content-Encoding {shorten(str(exc), 40)!r}, which "
+                    "aiquery neither asked for nor can decode (it accepts gzip and deflate)")
+            return ResponseError(say(text), endpoint=endpoint, status=status)
+        return ResponseError(say(f"the HTTP {status} answer from {url} could not be read: {exc}"), endpoint=endpoint,
+                             status=status, retryable=True)
+    # str(exc) is a client library's message, which may quote what the server sent (a bad header line)
+    detail = shorten(str(exc)) if str(exc) else ""
+    if isinstance(exc, SendTimeout):
+        text = (f"request failed to {url}: {detail}" if detail else
+                f"no complete answer from {url} within {timeout:g} s (raise the endpoint's timeout setting if the "
+                "model is slow)")
+        return RequestTimeout(say(text), endpoint=endpoint, retryable=True)
+    return TransportError(say(f"request failed to {url}: {detail or type(exc).__name__}"), endpoint=endpoint,
+                          retryable=True)
 
 
 def _status_error(endpoint: Endpoint, target: Target, response: Response) -> HTTPStatusError:

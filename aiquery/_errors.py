@@ -6,7 +6,8 @@
      │    └── UnknownEndpointError  an endpoint name that is not registered
      ├── RequestError             a request to an endpoint failed; carries .endpoint and .status
      │    ├── HTTPStatusError       the endpoint answered with a non-2xx status
-     │    ├── TransportError        no answer: connection refused or reset, timeout
+     │    ├── TransportError        no answer: connection refused or reset, or no answer in time
+     │    │    └── RequestTimeout     no complete answer within the endpoint's timeout
      │    ├── ResponseError         a 2xx answer that is not what the wire format promises
      │    └── BatchError            a provider's batch failed, expired, was cancelled or is still running
      ├── OutputError              the model's answer does not fit responseFormat / returnType
@@ -26,7 +27,13 @@ from __future__ import annotations
 
 
 class AIQueryError(Exception):
-    """Base class of every aiquery error."""
+    """Base class of every aiquery error.
+
+    `attempts` is how many requests were sent for the row before it failed (details => true shows
+    it); None for an error no request was sent for (bad arguments, a budget reached, a bad answer shape).
+    """
+
+    attempts: int | None = None
 
 
 class ConfigError(AIQueryError):
@@ -66,6 +73,10 @@ class HTTPStatusError(RequestError):
 
 class TransportError(RequestError):
     """The endpoint could not be reached or did not answer in time."""
+
+
+class RequestTimeout(TransportError):
+    """No complete answer within the endpoint's timeout (body included); retried like a connection error."""
 
 
 class ResponseError(RequestError):

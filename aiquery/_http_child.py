@@ -73,10 +73,10 @@ def header_text(value: str) -> str:
 class BodyError(Exception):
     """A body that cannot be read within its limit: kind is "too_large", "undecodable" or "corrupt"."""
 
-    def __init__(self, kind: str, detail: str):
+    def __init__(self, kind: str, detail: str, status: int = 0):
         super().__init__(detail)
         self.kind = kind
-        self.status = 0  # the response's, set by fetch
+        self.status = status  # the response's (read_answer sets it)
 
 
 class _Inflater:

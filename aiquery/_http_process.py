@@ -20,7 +20,7 @@ parent closes the socket or dies (end of file), so it never outlives its engine.
 The parent never waits on the child without a deadline: a request not answered within its
 timeout plus `grace` pings the child. If the ping comes back, that request alone fails; if not
 (the child is stuck), or the child dies or sends a frame that cannot be read, the child is killed,
-every request waiting on it fails with a TransportError saying so (retryable), and the next
+every request waiting on it fails with a SendError saying so (retried), and the next
 request starts a new child.
 """
 
@@ -35,9 +35,8 @@ import time
 from pathlib import Path
 
 from ._config import DEFAULT_MAX_RESPONSE_BYTES
-from ._errors import TransportError
-from ._http_child import Channel
-from ._transport import Response, body_error, timed_out, unreachable
+from ._http_child import BodyError, Channel
+from ._transport import Response, SendError, SendTimeout
 
 _CHILD = Path(__file__).with_name("_http_child.py")
 GRACE = 5.0  # seconds past a request's timeout before the child is asked whether it still runs
@@ -144,22 +143,22 @@ class ProcessTransport:
         child.channel.send(["P", rid])
         return (await future)[0] == "P"
 
-    async def _stuck(self, child: _Child, endpoint: str, url: str, timeout: float) -> TransportError:
+    async def _stuck(self, child: _Child, timeout: float) -> SendError:
         """The error for a request the child did not answer in time; replaces the child if it is stuck."""
         if child.ping is None or child.ping.done():
             child.ping = asyncio.get_running_loop().create_task(self._answers_ping(child))
         if await asyncio.shield(child.ping):
-            return unreachable(endpoint, url, f"no answer from the HTTP process within {timeout:g} s plus "
-                                              f"{self._grace:g} s, though it runs; the request was dropped")
+            return SendTimeout(f"no answer from the HTTP process within {timeout:g} s plus {self._grace:g} s, "
+                               "though it runs; the request was dropped")
         reason = f"the HTTP process stopped answering (nothing for {timeout + 2 * self._grace:g} s); it was replaced"
         self._lose(child, reason)
-        return unreachable(endpoint, url, reason)
+        return SendError(reason)
 
     async def post(self, url: str, headers: dict[str, str], body: bytes, timeout: float,
-                   endpoint: str, max_bytes: int = DEFAULT_MAX_RESPONSE_BYTES) -> Response:
+                   max_bytes: int = DEFAULT_MAX_RESPONSE_BYTES) -> Response:
         child = self._child or await self._start()
         if child.lost:  # it died while this request waited for it to start
-            raise unreachable(endpoint, url, "the HTTP process stopped before the request was sent")
+            raise SendError("the HTTP process stopped before the request was sent")
         channel = child.channel
         known = self._header_ids.get(id(headers))
         if known is None:
@@ -176,20 +175,20 @@ class ProcessTransport:
             raise
         if message is _OVERDUE:
             channel.send(["C", rid])
-            raise await self._stuck(child, endpoint, url, timeout)
+            raise await self._stuck(child, timeout)
         try:
             if message[0] == "A":
                 return Response(message[2], message[3], message[4].encode("latin-1"))
             kind, detail, status = message[2], message[3], message[4]
         except (IndexError, TypeError, UnicodeEncodeError, AttributeError) as exc:
             self._lose(child, "the HTTP process sent an answer that cannot be read; it was replaced")
-            raise unreachable(endpoint, url, f"the HTTP process sent an answer that cannot be read "
-                                             f"({exc.__class__.__name__}); it was replaced") from None
+            raise SendError(f"the HTTP process sent an answer that cannot be read ({exc.__class__.__name__}); "
+                            "it was replaced") from None
         if kind == "timeout":
-            raise timed_out(endpoint, url, timeout)
+            raise SendTimeout()
         if kind == "failed":
-            raise unreachable(endpoint, url, detail)
-        raise body_error(endpoint, url, status, kind, detail, max_bytes)
+            raise SendError(detail)
+        raise BodyError(kind, detail, status)
 
     async def aclose(self) -> None:
         child, self._child = self._child, None

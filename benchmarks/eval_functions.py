@@ -79,7 +79,7 @@ class Gemma(_models.SmolLM2):
     path: Path | None = None
 
     @classmethod
-    def gguf(cls, endpoint: str) -> Path:
+    def gguf(cls) -> Path:
         return cls.path
 
 

@@ -44,7 +44,7 @@ con = aiquery.connect(endpoints={"chat": {"base_url": base_url, "model": "m", "a
                                           "max_attempts": 2, "timeout": 10, "max_retry_time": 5}},
                       engine=engine, cache=False)
 con.sql("SELECT ai_query('chat', 'warm up')").fetchall()
-child = getattr(engine._transport, "_process", None)
+child = getattr(engine._mounts["http://"], "_process", None)
 pids = {"parent": os.getpid(), "child": child.pid if child else None}
 before = {k: vm(p, "VmRSS") for k, p in pids.items() if p}
 result = {}

@@ -139,7 +139,7 @@ def test_a_stuck_child_is_replaced_and_its_requests_fail_saying_so(connect, engi
         con = connect(server, engine=engine, timeout=1.0)
         other = connect(server, engine=engine)
         still_works(con)
-        stuck = engine._transport._process
+        stuck = engine._mounts["http://"]._process
         os.kill(stuck.pid, signal.SIGSTOP)  # the child's loop stops turning: no answers, no pings
         try:
             message = error_of(con, "while it is stuck")
@@ -149,7 +149,7 @@ def test_a_stuck_child_is_replaced_and_its_requests_fail_saying_so(connect, engi
         assert "the HTTP process stopped answering" in message and "it was replaced" in message
         assert stuck.wait(10) == -signal.SIGKILL
         still_works(con, other)
-        assert engine._transport._process.pid != stuck.pid
+        assert engine._mounts["http://"]._process.pid != stuck.pid
 
 
 @pytest.mark.slow  # kills and restarts the HTTP child
@@ -170,7 +170,7 @@ def test_a_child_killed_mid_request_fails_that_attempt_and_the_retry_is_answered
         thread = threading.Thread(target=lambda: result.append(run(con, "SELECT ai_query('chat', 'bad x')")))
         thread.start()
         assert arrived.wait(QUERY_DEADLINE)
-        engine._transport._process.kill()
+        engine._mounts["http://"]._process.kill()
         thread.join(QUERY_DEADLINE)
         assert result == [[("echo: bad x",)]]
         assert arrivals(server) == 2

@@ -18,7 +18,7 @@ def test_answers_come_back_through_the_child_process(endpoints, server):
     result = con.sql("SELECT ai_query('chat', 'row ' || i) FROM range(500) t(i)").fetchall()
     assert sorted(r[0] for r in result) == sorted(f"echo: row {i}" for i in range(500))
     assert server.requests[0].headers["authorization"] == "Bearer sk-canary-7f3a9c1e5b"
-    child = engine._transport._process
+    child = engine._mounts["http://"]._process
     assert child is not None and child.poll() is None
     con.close()
     engine.close()
@@ -33,12 +33,14 @@ def test_timeouts_and_resets_are_reported_per_row(endpoints, server):
     assert "no complete answer" in rows["slow [[sleep=60]]"] and "within 1 s" in rows["slow [[sleep=60]]"]
     assert "request failed to" in rows["cut [[reset]]"]
     assert rows["fine"] is None
+    kinds = con.execute("SELECT error_kinds FROM aiquery_usage() WHERE endpoint = 'chat'").fetchone()[0]
+    assert kinds == {"timeout": 1, "connection": 1}  # by the error's class (RequestTimeout), not its text
 
 
 def test_ctrl_c_does_not_stop_the_child(endpoints, server):
     con, engine = _connection(endpoints)
     con.sql("SELECT ai_query('chat', 'warm up')").fetchall()
-    child = engine._transport._process
+    child = engine._mounts["http://"]._process
     os.kill(child.pid, signal.SIGINT)  # what a terminal sends the whole process group
     # the signal is handled before the child reads the next request: had it died, a new child would answer
     assert con.sql("SELECT ai_query('chat', 'still here')").fetchall() == [("echo: still here",)]
@@ -48,9 +50,9 @@ def test_ctrl_c_does_not_stop_the_child(endpoints, server):
 def test_a_new_child_takes_over_when_one_dies(endpoints, server):
     con, engine = _connection(endpoints)
     con.sql("SELECT ai_query('chat', 'first')").fetchall()
-    first = engine._transport._process
+    first = engine._mounts["http://"]._process
     first.kill()
     first.wait()
     wait_for(lambda: engine._transport._process is None, what="the parent to notice the closed socket")
     assert con.sql("SELECT ai_query('chat', 'second')").fetchall() == [("echo: second",)]
-    assert engine._transport._process.pid != first.pid
+    assert engine._mounts["http://"]._process.pid != first.pid

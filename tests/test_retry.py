@@ -1,6 +1,7 @@
 """The retry policy as a table, and the engine retrying against the real fake server without sleeping."""
 
 import email.utils
+import random
 
 import pytest
 
@@ -44,12 +45,12 @@ def test_backoff_is_capped_exponential_with_full_jitter():
     assert backoff(3, rand=lambda: 0.0) == 0.0
 
 
-def _engine_connection(endpoints, sleeps, **chat):
+def _engine_connection(endpoints, sleeps, jitter=random.random, **chat):
     """A connection whose engine records the waits it would make instead of sleeping."""
     async def fake_sleep(seconds):
         sleeps.append(seconds)
 
-    engine = Engine(sleep=fake_sleep)
+    engine = Engine(sleep=fake_sleep, jitter=jitter)
     return aiquery.connect(endpoints={"chat": {**endpoints["chat"], **chat}}, engine=engine), engine
 
 
@@ -84,3 +85,33 @@ def test_client_errors_are_not_retried(endpoints, server):
     con, engine = _engine_connection(endpoints, sleeps)
     con.sql("SELECT ai_query('chat', 'x [[status=400]]', failOnError => false)").fetchall()
     assert len(server.requests) == 1 and sleeps == [] and engine.stats()["chat"].errors == 1
+
+
+class _Draws:
+    """A seeded jitter source that keeps what it drew."""
+
+    def __init__(self, seed):
+        self._random, self.drawn = random.Random(seed), []
+
+    def __call__(self):
+        self.drawn.append(self._random.random())
+        return self.drawn[-1]
+
+
+def test_each_retry_draws_its_wait_once_and_sleeps_that_wait(endpoints, server):
+    sleeps, draws = [], _Draws(7)
+    con, _ = _engine_connection(endpoints, sleeps, jitter=draws, max_attempts=4)
+    result = con.sql("SELECT ai_query('chat', 'x [[status=500]]', failOnError => false)").fetchall()[0][0]
+    assert "HTTP 500" in result["errorMessage"] and len(server.requests) == 4
+    assert len(draws.drawn) == 3  # one draw per retry; none for the last failure, which max_attempts ends
+    assert sleeps == [backoff(n, rand=lambda d=d: d) for n, d in enumerate(draws.drawn, 1)]
+
+
+def test_the_wait_that_fits_max_retry_time_is_the_wait_slept(endpoints, server):
+    # jitter 0.9: waits of 0.45, 0.9 and 1.8 s; only the first two fit in 1.5 s (the fake sleep takes no time)
+    sleeps, draws = [], []
+    con, _ = _engine_connection(endpoints, sleeps, jitter=lambda: draws.append(0.9) or 0.9, max_attempts=10,
+                                max_retry_time=1.5)
+    con.sql("SELECT ai_query('chat', 'x [[status=503]]', failOnError => false)").fetchall()
+    assert sleeps == [0.45, 0.9] and len(server.requests) == 3
+    assert len(draws) == 3  # two waits slept, and the third, which did not fit, drawn once to decide so

@@ -152,3 +152,12 @@ def test_progress_shows_while_a_query_runs_only_when_asked(endpoints, capfd, mon
         con.sql(query.format(n=80, m=120)).fetchall()
         assert not list(registration_of(con).displays)
     assert "ai_query" not in capfd.readouterr().err
+
+
+def test_error_kinds_come_from_the_error_class_not_its_text():
+    from aiquery._usage import error_kind
+
+    assert error_kind(aiquery.RequestTimeout("endpoint 'chat': the HTTP process hung", endpoint="chat")) == "timeout"
+    assert error_kind(aiquery.TransportError("endpoint 'chat': reset within 2 s", endpoint="chat")) == "connection"
+    assert error_kind(aiquery.HTTPStatusError("x", endpoint="chat", status=503)) == "http_503"
+    assert error_kind(aiquery.BudgetExceeded("budget exceeded")) == "BudgetExceeded"
