@@ -234,6 +234,7 @@ class ResponseCache:
         self._unwritten = 0
         self._unwritten_answers: dict[bytes, Answer] = {}  # put and not yet committed: found by get_many too
         self._closed = False
+        self._closing = threading.Event()  # set by close(): the writer commits at once
         self._reader: sqlite3.Connection | None = None
         self._writer: threading.Thread | None = None
         self._file: tuple[int, int] | None = None
@@ -373,6 +374,7 @@ class ResponseCache:
             self._closed = True
             if self._writer is not None:
                 self._pending.put(_STOP)
+                self._closing.set()
         if self._writer is not None:
             self._writer.join(timeout=CLOSE_PATIENCE + WRITE_INTERVAL + LOCK_WAIT + 2)
         with self._read_lock:
@@ -392,7 +394,9 @@ class ResponseCache:
         locked_since: float | None = None
         while stopping_since is None or waiting:
             items = [] if waiting or stopping_since is not None else [self._pending.get()]
-            time.sleep(WRITE_INTERVAL)  # gather what arrives meanwhile into one transaction
+            # Gather what arrives meanwhile into one transaction; closing commits at once (close() and
+            # exit wait for it).
+            self._closing.wait(WRITE_INTERVAL)
             while True:
                 try:
                     items.append(self._pending.get_nowait())

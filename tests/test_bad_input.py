@@ -71,6 +71,7 @@ def quick_failures(endpoints):
     return {name: {**settings, "max_attempts": 1} for name, settings in endpoints.items()}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case, sql, error, per_row", CASES, ids=[c[0] for c in CASES])
 def test_bad_input_gives_a_clear_error(quick_failures, server, case, sql, error, per_row):
     with aiquery.connect(endpoints=quick_failures) as con:

@@ -54,6 +54,7 @@ def usage(con, endpoint="chat") -> dict:
     return dict(zip(rel.columns, rel.fetchall()[0]))
 
 
+@pytest.mark.slow
 def test_a_query_is_answered_through_one_batch_and_the_cache_answers_its_rerun(batch_endpoints, batch_server, engine):
     query = "SELECT i, ai_query('chat', 'row ' || i) AS a FROM range(3000) t(i) ORDER BY i"
     with aiquery.connect(endpoints=batch_endpoints, engine=engine) as con:
@@ -73,6 +74,7 @@ def test_a_query_is_answered_through_one_batch_and_the_cache_answers_its_rerun(b
         assert usage(con)["cache_hits"] == 3000
 
 
+@pytest.mark.slow
 def test_per_row_errors_are_row_errors_or_the_query_error(batch_endpoints, batch_server, engine):
     with aiquery.connect(endpoints=batch_endpoints, engine=engine) as con:
         rows = con.sql("SELECT i, ai_query('chat', 'row ' || i || CASE WHEN i % 3 = 0 THEN ' [[status=400]]' ELSE '' "
@@ -91,6 +93,7 @@ def test_per_row_errors_are_row_errors_or_the_query_error(batch_endpoints, batch
         assert batch_server.online_requests() == []
 
 
+@pytest.mark.slow
 def test_answers_are_priced_at_the_batch_rate_with_cached_tokens(batch_endpoints, batch_server, engine, tmp_path):
     config = tmp_path / "aiquery.toml"
     price = 'input = 2.0\noutput = 8.0\ncached_input = 0.5\nbatch = 0.5\n'
@@ -110,6 +113,7 @@ def test_answers_are_priced_at_the_batch_rate_with_cached_tokens(batch_endpoints
     assert len(batch_server.online_requests()) == 4  # only the 'online' endpoint's rows
 
 
+@pytest.mark.slow
 def test_batch_true_per_call_and_where_there_is_no_batch_api(batch_endpoints, batch_server, engine):
     with aiquery.connect(endpoints=batch_endpoints, engine=engine) as con:
         assert con.sql("SELECT ai_query('online', 'x ' || i, batch => true) FROM range(3) t(i)").fetchall() == [
@@ -125,6 +129,7 @@ def test_batch_true_per_call_and_where_there_is_no_batch_api(batch_endpoints, ba
         aiquery.connect(endpoints={"db": {"provider": "databricks", "model": "m", "batch": True}})
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("task, path", [("embeddings", "/v1/embeddings"), ("completions", "/v1/completions")])
 def test_embeddings_and_completions_in_batch_mode(task, path, batch_endpoints, batch_server, engine):
     endpoint = {**batch_endpoints["embed"], "task": task, "model": f"fake-{task}"}
@@ -138,6 +143,7 @@ def test_embeddings_and_completions_in_batch_mode(task, path, batch_endpoints, b
     assert len(batched[0][0]) == 8 if task == "embeddings" else batched[0][0] == "completion: text 0"
 
 
+@pytest.mark.slow
 def test_rows_are_split_into_files_within_the_limits(batch_endpoints, batch_server, engine):
     limited = {**batch_endpoints, "chat": {**batch_endpoints["chat"], "batch_max_requests": 40}}
     with aiquery.connect(endpoints=limited, engine=engine) as con:
@@ -160,6 +166,7 @@ def test_a_failed_batch_fails_its_rows_with_the_providers_reason(batch_endpoints
     assert rows == [("endpoint 'chat': batch batch_1 failed: The batch has 5 requests, the limit is 3.",)] * 5
 
 
+@pytest.mark.slow
 def test_an_expired_batch_answers_the_rows_done_and_fails_the_rest(batch_endpoints, engine):
     with FakeBatchServer(rows_per_poll=2) as server:
         endpoints = {"chat": {"base_url": server.openai_base, "model": "m", "batch": True, "batch_poll_interval": POLL}}
@@ -194,6 +201,7 @@ def cli(*args) -> tuple[int, str]:
     return code, out.getvalue()
 
 
+@pytest.mark.slow
 def test_an_interrupted_query_leaves_its_batch_running_and_a_rerun_resumes_it(batch_endpoints, batch_server, engine,
                                                                                 tmp_path, monkeypatch):
     config = tmp_path / "aiquery.toml"
@@ -238,6 +246,7 @@ def test_an_interrupted_query_leaves_its_batch_running_and_a_rerun_resumes_it(ba
     assert "completed" in listing and f"{cost:,.4f}" in listing
 
 
+@pytest.mark.slow
 def test_cancel_from_the_cli_fails_the_rows_not_done(batch_endpoints, batch_server, engine, tmp_path):
     config = tmp_path / "aiquery.toml"
     config.write_text(f'[endpoints.chat]\nbase_url = "{batch_server.openai_base}"\nmodel = "fake-chat"\n'
@@ -258,6 +267,7 @@ def test_cancel_from_the_cli_fails_the_rows_not_done(batch_endpoints, batch_serv
         cli("batches", "cancel", "batch_9", "--config", str(config))
 
 
+@pytest.mark.slow
 def test_a_batch_past_batch_max_wait_fails_the_query_and_runs_on(batch_endpoints, batch_server, engine):
     waiting = {**batch_endpoints, "chat": {**batch_endpoints["chat"], "batch_max_wait": 0.2}}
     batch_server.hold = True

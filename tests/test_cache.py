@@ -58,6 +58,7 @@ def test_a_new_connection_and_a_new_process_find_the_answers(endpoints, server, 
     assert sorted(prompts(server)) == [f"row {i}" for i in range(20, 25)]
 
 
+@pytest.mark.slow
 def test_the_key_covers_parameters_response_format_model_and_url(con, endpoints, server):
     base = "SELECT ai_query('chat', 'same prompt'{})"
     variants = ["", ", modelParameters => {'temperature': 0.5}", ", modelParameters => {'temperature': 0.7}",
@@ -97,6 +98,7 @@ def test_a_new_property_order_is_a_new_request_and_sorted_schemas_keep_their_old
     assert len(keys) == 2 and old_key.digest() in keys
 
 
+@pytest.mark.slow
 def test_cache_can_be_turned_off_per_call_per_endpoint_and_per_connection(endpoints, server):
     uncached = {**endpoints, "chat": {**endpoints["chat"], "cache": False}}
     with aiquery.connect(endpoints=uncached) as con:

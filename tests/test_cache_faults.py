@@ -88,6 +88,7 @@ def test_a_new_cache_is_private_to_its_user_whatever_the_umask(endpoints, server
     assert mode(target) == 0o700 and mode(target.parent) == 0o700  # the directories it created
 
 
+@pytest.mark.slow
 def test_a_cache_from_an_older_version_is_made_private_and_its_unusable_answers_dropped(endpoints, server, tmp_path,
                                                                                        monkeypatch):
     monkeypatch.delenv("AIQUERY_CACHE_DIR")
@@ -114,6 +115,7 @@ def test_a_cache_from_an_older_version_is_made_private_and_its_unusable_answers_
     assert chat_requests(server) == 0
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(os.geteuid() != 0, reason="giving a file to another user needs root")
 def test_a_cache_file_owned_by_another_user_is_not_used(endpoints, server, cache_dir):
     fill(endpoints, 5)
@@ -198,6 +200,7 @@ def test_a_damaged_file_never_fails_a_query_and_repair_keeps_what_is_readable(en
     assert chat_requests(server) == 0  # the rebuilt cache stores again
 
 
+@pytest.mark.slow
 def test_cache_clear_starts_afresh_from_a_damaged_file(endpoints, server, cache_dir, capsys):
     fill(endpoints, 400)
     garbage_pages(cache_dir / _cache.FILE_NAME)
@@ -213,6 +216,7 @@ def test_cache_clear_starts_afresh_from_a_damaged_file(endpoints, server, cache_
     assert stored(cache_dir / _cache.FILE_NAME) == 10
 
 
+@pytest.mark.slow
 def test_an_unreadable_answer_is_sent_again_and_replaced(endpoints, server, cache_dir):
     fill(endpoints, 20)
     path = cache_dir / _cache.FILE_NAME
@@ -229,6 +233,7 @@ def test_an_unreadable_answer_is_sent_again_and_replaced(endpoints, server, cach
     assert chat_requests(server) == 0
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("part", ["-wal", "-shm"])
 def test_a_damaged_wal_or_shm_file_loses_at_most_the_answers_after_the_damage(endpoints, server, cache_dir, tmp_path,
                                                                               monkeypatch, part):
@@ -340,6 +345,7 @@ def test_a_held_write_lock_is_reported_and_does_not_hold_up_exit(cache_dir):
     assert stored(path) == 0
 
 
+@pytest.mark.slow
 def test_answers_wait_for_a_held_write_lock_and_are_stored_once_it_is_released(endpoints, server, cache_dir,
                                                                              monkeypatch):
     monkeypatch.setattr(_cache, "LOCK_WARN_AFTER", 0.5, raising=False)
@@ -362,6 +368,7 @@ def test_answers_wait_for_a_held_write_lock_and_are_stored_once_it_is_released(e
     assert chat_requests(server) == 0
 
 
+@pytest.mark.slow
 def test_answers_beyond_what_may_wait_for_a_held_lock_are_counted(endpoints, server, cache_dir, monkeypatch):
     monkeypatch.setattr(_cache, "MAX_WAITING", 10, raising=False)
     path = new_cache_file(cache_dir)
@@ -406,6 +413,7 @@ def read_only(directory: Path) -> list[str]:
     return wrapper
 
 
+@pytest.mark.slow
 def test_a_read_only_cache_directory_answers_every_row_and_counts_what_it_could_not_store(tmp_path):
     directory = tmp_path / "read-only"
     directory.mkdir()
@@ -418,6 +426,7 @@ def test_a_read_only_cache_directory_answers_every_row_and_counts_what_it_could_
     assert list(directory.iterdir()) == []
 
 
+@pytest.mark.slow
 def test_a_full_disk_answers_every_row_and_counts_what_it_could_not_store(cache_dir):
     path = new_cache_file(cache_dir)
     rows = 600
@@ -434,6 +443,7 @@ def test_a_full_disk_answers_every_row_and_counts_what_it_could_not_store(cache_
 REPAIR = "from aiquery._cli import main; raise SystemExit(main(['cache', 'repair']))"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("change", ["repaired", "deleted"])
 def test_answers_go_to_the_file_at_the_path_after_another_process_replaced_it(endpoints, server, cache_dir, change):
     path = cache_dir / _cache.FILE_NAME
@@ -461,6 +471,7 @@ def _forked_child(endpoints: dict) -> None:
     os._exit(0 if len(rows) == 10 else 1)
 
 
+@pytest.mark.slow
 def test_a_forked_child_stores_its_own_answers(endpoints, server, cache_dir):
     run(endpoints, 5)  # this process's cache is open, with its writer thread
     child = multiprocessing.get_context("fork").Process(target=_forked_child, args=(endpoints,))

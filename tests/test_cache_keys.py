@@ -100,6 +100,7 @@ def rerun_from_the_file(endpoints: dict, sql: str) -> list[tuple]:
         return con.sql(sql).fetchall()
 
 
+@pytest.mark.slow
 def test_endpoints_that_differ_only_in_a_routing_header_get_their_own_answers(gateway):
     endpoints = {"eu": endpoint(gateway, headers={"x-route": "eu"}), "us": endpoint(gateway, headers={"X-Route": "us"})}
     sql = "SELECT ai_query('eu', 'hi'), ai_query('us', 'hi')"
@@ -110,6 +111,7 @@ def test_endpoints_that_differ_only_in_a_routing_header_get_their_own_answers(ga
     assert len(gateway.requests) == 2  # both answers came from the file, each to its own endpoint
 
 
+@pytest.mark.slow
 def test_two_users_keys_through_one_gateway_never_share_answers(gateway):
     alice, bob = endpoint(gateway), endpoint(gateway, api_key_env="KEY_BOB")
     sql = "SELECT ai_query('assistant', 'my balance?')"
@@ -126,6 +128,7 @@ def test_two_users_keys_through_one_gateway_never_share_answers(gateway):
     assert len(gateway.requests) == 4
 
 
+@pytest.mark.slow
 def test_endpoints_that_differ_only_in_the_base_url_query_string_get_their_own_answers(gateway):
     endpoints = {"eu": endpoint(gateway, base_url=gateway.base + "?route=eu"),
                  "us": endpoint(gateway, base_url=gateway.base + "/?route=us")}
@@ -148,6 +151,7 @@ def test_the_same_endpoint_under_two_names_shares_its_answers(gateway):
     assert len(gateway.requests) == 5
 
 
+@pytest.mark.slow
 def test_a_rotated_key_misses_the_cache(gateway, monkeypatch):
     endpoints = {"chat": endpoint(gateway)}
     sql = "SELECT ai_query('chat', 'hi')"
@@ -159,6 +163,7 @@ def test_a_rotated_key_misses_the_cache(gateway, monkeypatch):
     assert gateway.requests[1][2]["authorization"] == "Bearer rotated-key-of-alice"
 
 
+@pytest.mark.slow
 def test_the_file_holds_neither_the_key_nor_a_hash_of_it(gateway, monkeypatch, cache_dir):
     monkeypatch.setenv("CANARY", CANARY_KEY)
     endpoints = {"chat": endpoint(gateway, api_key_env="CANARY", headers={"x-route": "eu"})}

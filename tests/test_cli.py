@@ -67,12 +67,14 @@ def test_errors_are_one_clear_line_and_exit_1(config, capsys):
     assert err.startswith("aiquery: ") and "unknown endpoint 'chatt'" in err and "Did you mean 'chat'?" in err
 
 
+@pytest.mark.slow
 def test_the_installed_command_runs(config, server):
     result = subprocess.run([sys.executable, "-m", "aiquery._cli", "run", "--config", str(config), "-e",
                              "SELECT ai_query('chat', 'from a shell') AS a"], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0 and "echo: from a shell" in result.stdout
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("args", [["run", "-"], [], ["run", "--dialect", "databricks", "-"]],
                          ids=["run -", "no command", "run --dialect databricks -"])
 def test_sql_from_standard_input(config, server, args):

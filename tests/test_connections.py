@@ -44,6 +44,7 @@ def test_two_connections_to_one_database_each_use_their_own_endpoints(endpoints,
 ORDERS = list(itertools.permutations(["a", "b", "cursor of a"]))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("order", ORDERS, ids=lambda o: " then ".join(o))
 def test_connections_and_cursors_closed_in_any_order_leave_the_others_working(endpoints, server, tmp_path, order):
     path = str(tmp_path / "data.duckdb")
@@ -72,6 +73,7 @@ def test_a_connection_registered_again_answers_with_the_new_endpoints(endpoints,
     con.close()
 
 
+@pytest.mark.slow
 def test_many_connections_and_cursors_at_once(endpoints, server, tmp_path):
     path = str(tmp_path / "data.duckdb")
     connections = [aiquery.connect(path, endpoints=endpoint(endpoints, f"m{i}")) for i in range(6)]
@@ -133,6 +135,7 @@ print(b.execute("SELECT ai_query('chat', 'y')").fetchone()[0])
     assert done.stdout.split() == ["echo:", "x", "echo:", "y"]
 
 
+@pytest.mark.slow
 def test_a_forked_child_makes_its_own_shared_engine(endpoints, server):
     """The shared engine's loop thread and HTTP child stay in the parent: a forked child (a
     multiprocessing pool, a web server's workers) used to hang on its first query."""

@@ -83,6 +83,7 @@ def visible_text(con, caplog, cache_dir, *more):
     return "\n".join([usage, caplog.text, files.decode("latin-1"), *map(str, more)])
 
 
+@pytest.mark.slow
 def test_m2m_token_is_fetched_once_and_shared_by_every_request_and_connection(engine, server, oauth, m2m_env):
     endpoints = {"db": {**ENDPOINT, "max_concurrency": 16}}
     with aiquery.connect(engine=engine, endpoints=endpoints) as con, \
@@ -244,6 +245,7 @@ def test_renamed_variables_for_several_service_principals(engine, server, oauth,
             con.sql("SELECT ai_query('db', 'hi 2')").fetchall()
 
 
+@pytest.mark.slow
 def test_the_profile_is_read_as_the_sdk_reads_it(engine, clean_env, monkeypatch, server, oauth):
     clean_env.write_text(f"[__settings__]\ndefault_profile = prod\n\n[DEFAULT]\ntoken = dapi-default\n\n"
                          f"[prod]\nhost = {server.url}\nclient_id = {CLIENT_ID}\nclient_secret = {CANARY_KEY}\n")
@@ -318,6 +320,7 @@ def sdk():
     return pytest.importorskip("databricks.sdk")
 
 
+@pytest.mark.slow
 def test_the_sdk_resolves_m2m_through_its_discovery_documents(engine, sdk, server, oauth, m2m_env):
     with aiquery.connect(engine=engine, endpoints={"db": {**ENDPOINT, "auth_type": "databricks-sdk"}}) as con:
         assert con.sql(rows(100)).fetchall()[-1] == (99, "echo: row 99")
@@ -336,6 +339,7 @@ def test_the_sdk_metadata_service_auth_type(engine, sdk, server, oauth, monkeypa
     assert {r.headers["authorization"] for r in serving(server)} == {f"Bearer {oauth.issued[0]}"}
 
 
+@pytest.mark.slow
 def test_the_sdk_refreshes_after_a_401_and_its_errors_show_no_secret(engine, sdk, server, oauth, m2m_env, monkeypatch,
                                                                       caplog, cache_dir):
     caplog.set_level(logging.DEBUG)

@@ -24,6 +24,7 @@ def databricks(server, monkeypatch, tmp_path):
         yield con, images
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("example", EXAMPLES, ids=[e.name for e in EXAMPLES])
 def test_databricks_sql_runs_through_the_dialect(databricks, server, example):
     con, images = databricks
@@ -121,6 +122,7 @@ HINTED = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sql, message", HINTED, ids=[h[0][:40] for h in HINTED])
 def test_databricks_sql_without_the_dialect_fails_with_a_hint(databricks, server, sql, message):
     con, _ = databricks

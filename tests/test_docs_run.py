@@ -28,6 +28,7 @@ def run_sql_file(path: Path, endpoints: dict) -> list[list[tuple]]:
     return [rows for kind, rows in results if kind == duckdb.StatementType.SELECT]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("path", [p for p in SQL_FILES if p.name != "quickstart.sql"], ids=lambda p: p.name)
 def test_sql_file_runs(path, endpoints, server):
     results = run_sql_file(path, {"chat": endpoints["chat"], "embed": endpoints["embed"]})

@@ -93,6 +93,7 @@ def _tls_server(certificate) -> tuple[str, callable]:
     return f"https://127.0.0.1:{port}/v1", stop
 
 
+@pytest.mark.slow
 def test_tls_is_verified_by_default_and_a_private_ca_is_trusted_through_ssl_cert_file(tmp_path):
     trustme = pytest.importorskip("trustme", reason="needs the test extra: pip install -e '.[test]'")
     ca = trustme.CA()
@@ -114,6 +115,7 @@ def test_tls_is_verified_by_default_and_a_private_ca_is_trusted_through_ssl_cert
         stop()
 
 
+@pytest.mark.slow
 def test_the_canary_key_is_in_no_log_cache_usage_table_or_cli_output(endpoints, server, cache_dir, caplog,
                                                                       tmp_path, monkeypatch):
     caplog.set_level(logging.DEBUG)  # every logger, every level

@@ -272,6 +272,7 @@ def test_every_fault_directive_can_be_transient():
         assert ("redirect", 307) in faults and faults[-2:] == [("html", 502), ("html", 502)]
 
 
+@pytest.mark.slow
 def test_a_transient_sleep_answers_a_retry_at_once_and_a_hung_up_client_is_not_answered():
     with FakeServer() as s:
         text = "slow [[sleep=1 times=1]]"
@@ -353,6 +354,7 @@ def test_reset_gives_a_connection_error():
 # ---------------------------------------------------------------- timing and concurrency
 
 
+@pytest.mark.slow
 def test_max_concurrency_rejects_with_retry_after_and_peak_stays_within_limit():
     with FakeServer(max_concurrency=3, latency=0.3) as s:
         with ThreadPoolExecutor(8) as pool:
@@ -372,6 +374,7 @@ def test_max_concurrency_rejects_with_retry_after_and_peak_stays_within_limit():
         assert "retry-after" not in rejected.headers and s.peak_in_flight == 1
 
 
+@pytest.mark.slow
 def test_latency_callable_and_sleep_directive():
     def latency(body: dict) -> float:
         return 0.25 if "slow" in body["messages"][-1]["content"] else 0.0

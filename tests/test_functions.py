@@ -232,6 +232,7 @@ def test_extract_a_json_schema_and_the_options(con, server):
                       "age": {"value": "41", "confidence": pytest.approx(math.exp(-0.2))}}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sql, error", [
     ("ai_classify('x', ['a', 'b'], '{\"multilable\": true}')", "unknown option 'multilable'; did you mean 'multilabel'"),
     ("ai_classify('x', ['a', 'b'], '{\"confidence\": \"yes\"}')", "option 'confidence' must be true or false"),
@@ -382,6 +383,7 @@ def test_default_endpoints_come_from_the_config_file(endpoints, server, tmp_path
     assert server.bodies("/embeddings")[0]["model"] == "fake-embed"
 
 
+@pytest.mark.slow
 def test_default_endpoints_can_be_given_to_connect_and_register_and_win_over_the_file(endpoints, server, tmp_path):
     path = config_file(tmp_path, endpoints, default_chat_endpoint="chat")
     with aiquery.connect(endpoints=endpoints, default_chat_endpoint="db-chat",

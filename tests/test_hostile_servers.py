@@ -201,6 +201,7 @@ def test_one_bad_answer_among_many_fails_one_row(connect):
 
 # ---- 2. deep and huge JSON ---------------------------------------------------------------------
 
+@pytest.mark.slow
 @pytest.mark.parametrize("status", [400, 429, 500])
 def test_an_error_body_nested_2000_deep_fails_its_row(connect, transport, status):
     with bad_rows(http(status, deep_json(2000), [("Content-Type", "application/json")])) as server:
@@ -283,6 +284,7 @@ def _echoes(where: str):
 ECHO_PLACES = ["error body", "location", "non-json 200", "answer", "reason phrase", "broken header"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("header", [None, "api-key"], ids=["authorization", "api-key"])
 @pytest.mark.parametrize("where", ECHO_PLACES)
 def test_an_echoed_key_is_redacted_from_errors_rows_and_tables(connect, transport, where, header, caplog):
@@ -530,6 +532,7 @@ def test_a_key_in_the_base_url_query_is_sent_but_never_shown(connect, engines):
 
 # ---- the next members of the families -------------------------------------------------------------
 
+@pytest.mark.slow
 @pytest.mark.parametrize("status_line, says, retried", [
     (b"HTTP/1.1 999 Whatever", "HTTP 999", False),
     (b"HTTP/1.1 299 Odd", "HTTP 299", False),  # a 2xx that is not 200, with an empty body: an empty-body error
@@ -582,6 +585,7 @@ async def _endless_header_line(request, writer):
         await asyncio.sleep(0.01)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fault", [_trickle(0.2), _never_answers, _endless_headers, _endless_header_line],
                          ids=["trickle", "never-answers", "endless-headers", "endless-header-line"])
 def test_a_server_that_never_finishes_is_cut_off_by_the_timeout(connect, transport, fault):
@@ -634,6 +638,7 @@ def test_a_body_cut_short_is_retried_then_answered(connect, transport, engines, 
         assert len(server.requests) == 2
 
 
+@pytest.mark.slow
 def test_a_content_length_shorter_than_the_body_poisons_no_later_request(connect, transport):
     async def respond(request, writer):
         body = chat_body("echo: " + request.prompt)

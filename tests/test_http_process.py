@@ -3,6 +3,8 @@
 import os
 import signal
 
+import pytest
+
 import aiquery
 from aiquery._http_process import ProcessTransport
 from waiting import wait_for
@@ -25,6 +27,7 @@ def test_answers_come_back_through_the_child_process(endpoints, server):
     assert child.poll() is not None  # closing the engine ends the child
 
 
+@pytest.mark.slow
 def test_timeouts_and_resets_are_reported_per_row(endpoints, server):
     # the fine row has two attempts of 1 s, a busy machine's worth; the slow row sleeps past them all
     con, _ = _connection(endpoints, timeout=1, max_attempts=2)
@@ -44,7 +47,7 @@ def test_ctrl_c_does_not_stop_the_child(endpoints, server):
     os.kill(child.pid, signal.SIGINT)  # what a terminal sends the whole process group
     # the signal is handled before the child reads the next request: had it died, a new child would answer
     assert con.sql("SELECT ai_query('chat', 'still here')").fetchall() == [("echo: still here",)]
-    assert engine._transport._process is child and child.poll() is None
+    assert engine._mounts["http://"]._process is child and child.poll() is None
 
 
 def test_a_new_child_takes_over_when_one_dies(endpoints, server):
@@ -53,6 +56,6 @@ def test_a_new_child_takes_over_when_one_dies(endpoints, server):
     first = engine._mounts["http://"]._process
     first.kill()
     first.wait()
-    wait_for(lambda: engine._transport._process is None, what="the parent to notice the closed socket")
+    wait_for(lambda: engine._mounts["http://"]._process is None, what="the parent to notice the closed socket")
     assert con.sql("SELECT ai_query('chat', 'second')").fetchall() == [("echo: second",)]
     assert engine._mounts["http://"]._process.pid != first.pid

@@ -109,6 +109,7 @@ def test_token_estimate_counts_prompt_and_answer_budget():
     assert estimate_tokens({"messages": [{"role": "user", "content": "x" * 400}], "max_tokens": 50}) >= 150
 
 
+@pytest.mark.slow
 def test_a_server_with_a_lower_limit_is_found_without_many_429s(endpoints, monkeypatch):
     monkeypatch.setenv("FAKE_KEY", "k")
     with FakeServer(api_key="k", latency=0.02, max_concurrency=20, retry_after="0") as limited:
@@ -121,6 +122,7 @@ def test_a_server_with_a_lower_limit_is_found_without_many_429s(endpoints, monke
         assert throttled < 0.05 * 2000, f"{throttled} answers were 429"
 
 
+@pytest.mark.slow
 def test_connections_share_an_endpoints_limit(endpoints, monkeypatch):
     monkeypatch.setenv("FAKE_KEY", "k")
     with FakeServer(api_key="k", latency=0.05) as slow:

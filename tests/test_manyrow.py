@@ -86,6 +86,7 @@ def test_a_group_twenty_times_the_context_is_mapped_and_combined_without_losing_
     assert requests == len(bodies) and naive == 1 and levels == 2  # the parts, then one combining request
 
 
+@pytest.mark.slow
 def test_every_part_of_every_group_is_in_flight_at_once(monkeypatch):
     with FakeServer(api_key=CANARY, reply=agg_reply, latency=1.0) as server:
         con = make_con(server, monkeypatch, context_tokens=300, model_parameters={"max_tokens": 20})

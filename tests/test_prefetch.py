@@ -19,6 +19,7 @@ def _hold_until_the_second_batch(server, lookahead=8192):
     server.hold_max = 60.0 if lookahead else 1.0
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("lookahead", [0, 8192])
 def test_later_batches_start_while_a_slow_row_of_the_first_is_still_running(endpoints, server, lookahead):
     settings = {"chat": {**endpoints["chat"], "max_concurrency": 64, "lookahead": lookahead}}
@@ -62,6 +63,7 @@ def test_repeats_within_a_query_are_sent_once(con, server):
     assert len(result) == 10 and len(server.requests) == 10
 
 
+@pytest.mark.slow
 def test_a_temp_table_read_through_con_sql_gives_every_row_once(con, server):
     con.sql("CREATE TEMP TABLE t AS SELECT i AS id, 'row ' || i AS p FROM range(3000) r(i)")
     result = con.sql("SELECT id, ai_query('chat', p) FROM t").fetchall()
@@ -69,6 +71,7 @@ def test_a_temp_table_read_through_con_sql_gives_every_row_once(con, server):
     assert len(server.requests) == 3000
 
 
+@pytest.mark.slow
 def test_the_connection_closes_right_after_a_query(endpoints, server):
     for _ in range(5):
         con = aiquery.connect(endpoints=endpoints)

@@ -94,6 +94,7 @@ def test_short_prompts_keep_row_order(engine, cache_dir):
     assert [b["messages"][0]["content"] for b in server.bodies()] == [f"row {9 - i}" for i in range(10)]
 
 
+@pytest.mark.slow
 def test_prompt_cache_key_is_shared_by_requests_with_the_same_long_start(engine, cache_dir):
     with FakeServer() as server:
         with aiquery.connect(endpoints=chat_endpoint(server, prompt_cache_key=True), engine=engine) as con:

@@ -100,6 +100,7 @@ def test_a_total_that_cannot_be_known_is_said_to_be_unknown(slow_server, tmp_pat
     assert int(lines[-1][1]) == 100 and int(lines[-1][4]) == ROWS  # once it has ended: what it did
 
 
+@pytest.mark.slow
 def test_the_figures_are_in_aiquery_query_usage_while_it_runs(endpoints, server):
     slow = {"chat": {**endpoints["chat"], "max_concurrency": 8}}
     con = aiquery.connect(endpoints=slow, progress=False, engine=aiquery.Engine())  # its queries only

@@ -80,6 +80,7 @@ def test_an_interrupt_at_any_moment_stops_every_request_of_the_query(setup):
     assert len(server.requests) <= sent(engine)
 
 
+@pytest.mark.slow
 def test_an_interrupt_before_the_first_batch_reaches_aiquery_sends_nothing(setup):
     """DuckDB evaluates the user's function, then ai_query, on the same chunk with no interrupt check
     in between: an interrupt during the user's function used to let that whole first batch (2,048
@@ -97,6 +98,7 @@ def test_an_interrupt_before_the_first_batch_reaches_aiquery_sends_nothing(setup
     assert len(con.execute("SELECT ai_query('chat', 'next') FROM t LIMIT 3").fetchall()) == 3  # the next query runs
 
 
+@pytest.mark.slow
 def test_a_cursor_interrupt_stops_the_cursor_query_and_not_its_connection(setup):
     con, engine, server = setup
     cursor = con.cursor()
@@ -127,6 +129,7 @@ def test_a_cursor_interrupt_stops_the_cursor_query_and_not_its_connection(setup)
     assert 0 < cursor_rows() < ROWS
 
 
+@pytest.mark.slow
 def test_an_error_raised_by_duckdb_stops_what_was_read_ahead(setup):
     """DuckDB fails the query on row 3,000 (not an ai_query error: aiquery is not told). The rows
     read ahead past it are not sent once DuckDB has ended the query; the ones already on their
@@ -140,6 +143,7 @@ def test_an_error_raised_by_duckdb_stops_what_was_read_ahead(setup):
     assert sent(engine) < ROWS
 
 
+@pytest.mark.slow
 def test_a_reader_closed_after_its_first_batch_stops_the_query(setup):
     con, engine, server = setup
     rows = 50_000
@@ -163,6 +167,7 @@ def test_a_limit_sends_only_the_rows_it_returns(setup):
     assert sent(engine) == len(server.requests) == 10
 
 
+@pytest.mark.slow
 def test_a_failing_row_stops_the_other_batches_of_its_query(setup):
     """failOnError => true: the first failed row fails the query; the batches DuckDB runs at the
     same moment on its other threads stop too, instead of sending the rest of their rows."""

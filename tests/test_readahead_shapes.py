@@ -174,6 +174,7 @@ def test_explain_says_per_call_whether_it_is_read_ahead(con):
     assert "read ahead: no" in str(third) and "ai_query('chat', p): batch by batch" in str(third)
 
 
+@pytest.mark.slow
 def test_a_temp_table_is_read_ahead_from_a_copy_that_shadows_a_table_of_its_name(con, server):
     # The TEMP table shadows the regular one, in DuckDB and in what is read ahead: only its rows are sent.
     con.execute("CREATE TABLE t AS SELECT i AS id, 'main ' || i AS p FROM range(3000) r(i)")
@@ -188,6 +189,7 @@ def test_a_temp_table_is_read_ahead_from_a_copy_that_shadows_a_table_of_its_name
     assert con.sql("SELECT read_ahead FROM aiquery_query_usage() ORDER BY query_id DESC LIMIT 1").fetchall() == [("yes",)]
 
 
+@pytest.mark.slow
 def test_a_temp_table_changed_between_statements_is_copied_again(con, server):
     con.execute("CREATE TEMP TABLE tt AS SELECT i AS id, 'first ' || i AS p FROM range(2500) r(i)")
     con.execute("CREATE TABLE a AS SELECT ai_query('chat', p) FROM tt")
@@ -199,6 +201,7 @@ def test_a_temp_table_changed_between_statements_is_copied_again(con, server):
     assert len(sent) == 2500 and all(p.startswith("second ") for p in sent)
 
 
+@pytest.mark.slow
 def test_a_temp_table_too_large_to_copy_runs_batch_by_batch(con, server, monkeypatch):
     monkeypatch.setattr("aiquery._readahead.MAX_SNAPSHOT_ROWS", 1000)
     con.execute("CREATE TEMP TABLE tt AS SELECT i AS id, 'row ' || i AS p FROM range(2500) r(i)")

@@ -174,6 +174,7 @@ def test_tools_with_responseformat_type_the_content(con, server):
     assert one(con, sql)["response"] == {"content": {"label": "sample"}, "tool_calls": []}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sql,message", [
     ("ai_query('chat', 'x', modelParameters => {'tools': TOOLS, 'tool_choice': "
      "'{\"type\": \"function\", \"function\": {\"name\": \"nope\"}}'})",

@@ -46,6 +46,7 @@ def _model_asked(con, server) -> str:
     return server.bodies("/chat/completions")[0]["model"]
 
 
+@pytest.mark.slow
 def test_config_wins_over_aiquery_config_which_wins_over_the_working_directory(place, server, monkeypatch):
     place("aiquery.toml", "from-cwd")
     env = place("env.toml", "from-env")

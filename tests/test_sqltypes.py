@@ -322,6 +322,7 @@ def _spellings(draw, t: SqlType, depth: int = 0) -> str:
     return f"{case('STRUCT')}{ws()}{open_}{','.join(fields)}{close}"
 
 
+@pytest.mark.slow
 @settings(max_examples=300, deadline=None)
 @given(_types())
 def test_canonical_spelling_round_trips(t):

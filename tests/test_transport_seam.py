@@ -36,6 +36,7 @@ def test_a_refused_connection_is_a_send_error_naming_no_endpoint(transport):
     assert not isinstance(caught.value, SendTimeout) and "endpoint" not in str(caught.value)
 
 
+@pytest.mark.slow
 def test_no_answer_in_time_is_a_send_timeout(transport):
     with socket.socket() as listening:  # accepts connections (the backlog) and never answers
         listening.bind(("127.0.0.1", 0))

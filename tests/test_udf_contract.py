@@ -1,5 +1,7 @@
 """How DuckDB runs ai_query: never while planning, once per row, concurrently within limits."""
 
+import pytest
+
 import aiquery
 from fakeserver import FakeServer
 
@@ -13,6 +15,7 @@ def test_explain_and_prepare_send_nothing(con, server):
     assert len(server.requests) == 1
 
 
+@pytest.mark.slow
 def test_every_row_is_sent_once(con, server):
     con.sql("CREATE TABLE t AS SELECT i, 'prompt ' || i AS p FROM range(3000) r(i)")
     con.sql("CREATE TABLE scored AS SELECT i, ai_query('chat', p) AS a FROM t")
@@ -28,6 +31,7 @@ def test_a_constant_argument_is_not_folded_into_one_call_and_duplicates_share_a_
     assert len(server.requests) == 1  # identical requests in flight are sent once
 
 
+@pytest.mark.slow
 def test_requests_run_concurrently_up_to_the_endpoint_limit(endpoints, monkeypatch):
     with FakeServer(api_key="k", latency=0.05) as slow:
         monkeypatch.setenv("FAKE_KEY", "k")

@@ -24,6 +24,7 @@ def engine():
     engine.close()
 
 
+@pytest.mark.slow
 def test_usage_matches_what_the_server_answered(endpoints, server, engine):
     with aiquery.connect(endpoints=endpoints, engine=engine) as con:
         con.sql("SELECT ai_query('chat', 'row ' || i || ' [[tokens=' || (10 + i) || ',' || i || ']]') "
@@ -78,6 +79,7 @@ def test_usage_per_query(endpoints, server, engine):
     assert (e3, r3) == ("embed", 1)
 
 
+@pytest.mark.slow
 def test_a_query_token_budget_stops_dispatch_and_keeps_completed_rows(endpoints, server, engine):
     budgeted = {**endpoints, "chat": {**endpoints["chat"], "max_concurrency": 1, "query_budget_tokens": 500}}
     query = ("SELECT i, ai_query('chat', 'row ' || i || ' [[tokens=90,10]]', failOnError => false) AS r "
@@ -115,6 +117,7 @@ def test_an_endpoint_usd_budget(endpoints, server, engine, tmp_path):
                             "$0.0100") for e in errors)
 
 
+@pytest.mark.slow
 def test_details_carry_usage_finish_reason_attempts_and_cache(con, server):
     query = ("SELECT p, ai_query('chat', p, failOnError => false, details => true) AS r FROM (VALUES "
              "('ok [[tokens=10,3]] [[cached=4]] [[finish=length]]'), ('bad [[status=400]]'), "
