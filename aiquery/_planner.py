@@ -78,7 +78,7 @@ class Plan:
     sql: str | None = None
     objects: dict[str, Any] = field(default_factory=dict)
     maybe: bool = False  # it has r... columns (see _plan_node)
-    source_rows: int | None = None  # rows of the one table a statement not read ahead scans (for progress)
+    source_rows: int | None = None  # rows of the one table a statement not read ahead scans whole (for progress)
     parameters: list | dict | None = None
     sites: list[Site] = field(default_factory=list)
     refusal: str | None = None
@@ -487,7 +487,7 @@ def plan(statement: str, cursor: duckdb.DuckDBPyConnection, sites: frozenset[str
         if result.refusal is None:
             result.refusal = ("none of its calls can be read ahead" if result.sites else
                               "it calls neither ai_query nor a task function")
-        result.source_rows = _source_rows(root, cursor)
+        result.source_rows = _source_rows(root, cursor, registered)
         return result
     used = _parameters(prefetch)
     if used:
@@ -524,11 +524,18 @@ def plan(statement: str, cursor: duckdb.DuckDBPyConnection, sites: frozenset[str
     return result
 
 
-def _source_rows(node: dict, cursor: duckdb.DuckDBPyConnection) -> int | None:
-    """The row count of the one regular table a plain SELECT scans (DuckDB keeps it), else None."""
+def _source_rows(node: dict, cursor: duckdb.DuckDBPyConnection, registered: Mapping[str, Any] | None) -> int | None:
+    """The rows a SELECT hands ai_query when it scans one table, registered object or TEMP table's
+    copy whole (no WHERE, no LIMIT): DuckDB keeps a table's row count. Else None."""
     source = node.get("from_table") or {}
-    if node.get("type") != "SELECT_NODE" or source.get("type") != "BASE_TABLE" or source.get("schema_name"):
+    if (node.get("type") != "SELECT_NODE" or source.get("type") != "BASE_TABLE" or source.get("schema_name")
+            or node.get("where_clause") is not None
+            or any("LIMIT" in modifier.get("type", "") for modifier in node.get("modifiers", []))):
         return None
+    value = (registered or {}).get(source["table_name"])
+    if value is not None:
+        rows = getattr(value, "num_rows", None)  # an Arrow table; a data frame has a len()
+        return rows if isinstance(rows, int) else (len(value) if hasattr(value, "__len__") else None)
     found = cursor.execute("SELECT estimated_size FROM duckdb_tables() WHERE table_name = ? AND NOT temporary",
                            [source["table_name"]]).fetchall()
     return found[0][0] if len(found) == 1 else None

@@ -41,6 +41,7 @@ from __future__ import annotations
 import itertools
 import os
 import signal
+import sys
 import threading
 import weakref
 from collections.abc import Callable
@@ -185,21 +186,39 @@ def _interrupt(self: duckdb.DuckDBPyConnection) -> None:
         context.interrupt()
 
 
-def _before_statement(connection: duckdb.DuckDBPyConnection, context: Context, query: object) -> None:
+def note_statement(connection: duckdb.DuckDBPyConnection, query: object) -> None:
+    """Before `query` runs on `connection`: copies of the TEMP tables it names, for reading ahead.
+    con.execute() does it itself; aiquery calls it before its own con.sql() calls."""
+    context = contexts.get(connection)
+    if context is None:
+        return
     context.snapshots = {}
     if isinstance(query, str):
         from ._readahead import snapshot_temp_tables
         context.snapshots = snapshot_temp_tables(connection, query)
 
 
+_CALL = compile("__aiquery_call[0](*__aiquery_call[1])", "<aiquery wrapper>", "eval")
+
+
+def _from_callers_frame(function: Callable, *args: Any) -> Any:
+    """function(*args) run from a frame that sees the variables of the code that called the wrapper.
+    DuckDB finds the Python objects a statement names (a DataFrame in a local or global variable,
+    its replacement scan) in the frame that calls execute(): without this, the wrapper's own."""
+    caller = sys._getframe(2)
+    names = dict(caller.f_locals)
+    names["__aiquery_call"] = (function, args)
+    return eval(_CALL, caller.f_globals, names)
+
+
 def _execute(self: duckdb.DuckDBPyConnection, query: object, parameters: object | None = None):
     context = contexts.get(self)
     if context is None:
-        return _original["execute"](self, query, parameters)
+        return _from_callers_frame(_original["execute"], self, query, parameters)
     context.parameters = (query, parameters) if parameters is not None and isinstance(query, str) else None
-    _before_statement(self, context, query)
+    note_statement(self, query)
     try:
-        return _original["execute"](self, query, parameters)
+        return _from_callers_frame(_original["execute"], self, query, parameters)
     finally:
         if not context.running():  # the statement is over (no result left to fetch): so are its queries
             context.finished()

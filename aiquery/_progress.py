@@ -67,12 +67,13 @@ def total_rows(query: Any) -> tuple[int | None, bool]:
         total, estimated = query.prefetcher.total()
         if total is not None:
             return total, estimated
-    # DuckDB's progress is how far its scan is, and the scan hands ai_query the rows it has read.
+    if query.source_rows:  # a table scanned whole: DuckDB keeps its row count
+        return query.source_rows, True
+    # DuckDB's progress is how far its scan is, and the scan hands ai_query the rows it has read (it
+    # may have read a chunk more than it handed over: an estimate, low by up to a chunk per thread).
     fraction = query.progress() if query.progress is not None else None
     if fraction is not None and fraction >= MIN_FRACTION and query.rows_seen:
         return round(query.rows_seen / fraction), True
-    if query.source_rows:  # DuckDB keeps the row count of the table it scans (a WHERE may keep fewer)
-        return query.source_rows, True
     return None, False
 
 

@@ -12,6 +12,7 @@ from typing import Any
 
 import duckdb
 
+from . import _process
 from ._dialect import dialect_name, translate, with_hint
 from ._errors import ArgumentError
 
@@ -52,4 +53,5 @@ def sql(con: duckdb.DuckDBPyConnection, text: str, *, dialect: str | None = None
     for statement in items[:-1]:
         run(con.execute, statement, text, dialect)
         con.complete()  # a query's rows are not read, but it runs to its end (ai_query calls included)
+    _process.note_statement(con, items[-1].query)
     return run(con.sql, items[-1], text, dialect)

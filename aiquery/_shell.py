@@ -24,7 +24,7 @@ from typing import IO, Any
 
 import duckdb
 
-from . import _script
+from . import _process, _script
 from ._dialect import dialect_name
 from ._errors import AIQueryError, QueryInterrupted
 from ._registration import registration_of
@@ -174,6 +174,7 @@ class Shell:
             _script.run(lambda q: self.con.execute(f"CREATE OR REPLACE TEMP TABLE {RESULT_TABLE} AS {q}"),
                         statement, text, dialect)
             return self.con.table(RESULT_TABLE)
+        _process.note_statement(self.con, statement.query)
         return _script.run(self.con.sql, statement, text, dialect)
 
     def _cancellable(self, work):

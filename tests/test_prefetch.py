@@ -102,3 +102,17 @@ def test_a_pandas_data_frame_named_in_sql_is_read_ahead(endpoints, server):
     slow = next(r for r in server.requests if "slow" in r.body["messages"][0]["content"])
     second_batch = [r for r in server.requests if r.body["messages"][0]["content"] in {f"row {i}" for i in range(2048, 4096)}]
     assert sum(r.arrived < slow.answered for r in second_batch) > 0
+
+
+def test_a_data_frame_in_a_local_or_global_variable_is_found_through_execute(con, server):
+    # con.execute() is wrapped; DuckDB looks for the DataFrame a statement names in the frame that calls it.
+    pandas = pytest.importorskip("pandas")
+    local_frame = pandas.DataFrame({"p": [f"row {i}" for i in range(3000)]})
+    rows = con.execute("SELECT ai_query('chat', p) FROM local_frame").fetchall()
+    assert sorted(rows) == sorted((f"echo: row {i}",) for i in range(3000)) and len(server.requests) == 3000
+    assert local_frame is not None  # named only in the SQL above
+    assert con.execute("SELECT count(*) FROM GLOBAL_FRAME").fetchall() == [(2,)]
+    assert con.execute("SELECT read_ahead FROM aiquery_query_usage() ORDER BY query_id DESC LIMIT 1").fetchall() == [("yes",)]
+
+
+GLOBAL_FRAME = __import__("pandas").DataFrame({"x": [1, 2]}) if __import__("importlib").util.find_spec("pandas") else None
