@@ -432,10 +432,15 @@ def _python_sources(node: dict) -> set[str]:
     return names
 
 
+# A name DuckDB's replacement scan reads as a file (FROM 'reviews.parquet', 's3://bucket/*.csv'): every
+# cursor reads it alike.
+_FILE_NAME = re.compile(r"(?i)[/*?]|://|\.(parquet|csv|tsv|json|jsonl|ndjson|txt|arrow|feather|xlsx)(\.gz|\.zst)?$")
+
+
 def _sources(tree: Any) -> set[str]:
-    """Unqualified table names the query reads (some may be CTEs)."""
+    """Unqualified table names the query reads (some may be CTEs), not files."""
     return {n["table_name"] for n in _walk(tree) if n.get("type") == "BASE_TABLE"
-            and not n.get("schema_name") and not n.get("catalog_name")}
+            and not n.get("schema_name") and not n.get("catalog_name") and not _FILE_NAME.search(n["table_name"])}
 
 
 def _cte_names(tree: Any) -> set[str]:

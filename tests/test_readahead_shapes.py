@@ -9,7 +9,9 @@ which none of them may arrive. Nothing here is timed: the check is the order of 
 
 from __future__ import annotations
 
+import os
 import re
+import tempfile
 from dataclasses import dataclass
 
 import pyarrow as pa
@@ -20,6 +22,8 @@ from aiquery._planner import select_part
 
 ROWS = 4500
 SLOW = "slow [[hold]]"
+FILES = tempfile.mkdtemp(prefix="aiquery-shapes-")
+PARQUET = os.path.join(FILES, "t.parquet")
 
 
 @dataclass(frozen=True)
@@ -73,6 +77,7 @@ SHAPES = [
     Shape("subquery wrapper", "SELECT a FROM (SELECT ai_query('chat', p) AS a FROM t) ORDER BY a", True),
     Shape("cte with a filter", "WITH k AS (SELECT * FROM t WHERE id % 5 <> 0) SELECT ai_query('chat', p) FROM k", True),
     Shape("view", "SELECT ai_query('chat', p) FROM v", True),
+    Shape("parquet file", f"SELECT ai_query('chat', p) FROM '{PARQUET}'", True),
     Shape("join", "SELECT ai_query('chat', t.p || c.name) FROM t JOIN cats c ON t.category = c.category", True),
     Shape("registered data frame", "SELECT ai_query('chat', p) FROM df_reg", True),
     Shape("registered arrow table", "SELECT ai_query('chat', p) FROM arrow_reg", True),
@@ -89,6 +94,7 @@ def prepare(con, endpoints_frame):
                 f"'c' || (i % 7) AS category FROM range({ROWS}) r(i)")
     con.execute("CREATE TEMP TABLE tt AS SELECT * FROM t")
     con.execute("CREATE TEMP VIEW tv AS SELECT * FROM t")
+    con.execute(f"COPY t TO '{PARQUET}' (FORMAT parquet)")
     con.execute("CREATE VIEW v AS SELECT * FROM t WHERE id % 9 <> 4")
     con.execute("CREATE TABLE cats AS SELECT 'c' || i AS category, 'name' || i AS name FROM range(7) r(i)")
     con.execute("CREATE TABLE s2 (a VARCHAR)")
