@@ -205,8 +205,12 @@ def _from_callers_frame(function: Callable, *args: Any) -> Any:
     """function(*args) run from a frame that sees the variables of the code that called the wrapper.
     DuckDB finds the Python objects a statement names (a DataFrame in a local or global variable,
     its replacement scan) in the frame that calls execute(): without this, the wrapper's own."""
-    caller = sys._getframe(2)
-    names = dict(caller.f_locals)
+    try:
+        caller = sys._getframe(2)
+    except ValueError:  # called from C with no Python code above: no variables to see
+        return function(*args)
+    locals_ = caller.f_locals
+    names = {} if locals_ is caller.f_globals else dict(locals_)  # a module's (a notebook's) are its globals
     names["__aiquery_call"] = (function, args)
     return eval(_CALL, caller.f_globals, names)
 
