@@ -48,6 +48,7 @@ import pyarrow as pa
 from . import _process
 from ._errors import AIQueryError
 from ._planner import Plan, plan
+from ._sqltypes import sql_identifier
 
 log = logging.getLogger("aiquery")
 BATCH_ROWS = 1024  # rows per read of the read-ahead query
@@ -67,10 +68,10 @@ def snapshot_temp_tables(connection: duckdb.DuckDBPyConnection, statement: str, 
         return {}
     try:
         found = connection.sql("SELECT table_name, estimated_size FROM duckdb_tables() WHERE temporary "
-                        "AND regexp_matches(?, '(?i)\\b' || regexp_escape(table_name) || '\\b')",
-                    params=[statement]).fetchall()
-        return {name: connection.sql(f'SELECT * FROM temp.main."{name.replace(chr(34), chr(34) * 2)}"{limit}')
-                .to_arrow_table() for name, rows in found if rows <= MAX_SNAPSHOT_ROWS}
+                               "AND regexp_matches(?, '(?i)\\b' || regexp_escape(table_name) || '\\b')",
+                               params=[statement]).fetchall()
+        return {name: connection.sql(f"SELECT * FROM temp.main.{sql_identifier(name)}{limit}").to_arrow_table()
+                for name, rows in found if rows <= MAX_SNAPSHOT_ROWS}
     except duckdb.Error:  # e.g. a transaction DuckDB aborted: the statement itself will say so
         return {}
 

@@ -116,7 +116,7 @@ class SqlType:
         if self.kind == "array":
             return f"{self.element.to_duckdb()}[{self.size}]"
         if self.kind == "struct":
-            inner = ", ".join('"{}" {}'.format(name.replace('"', '""'), t.to_duckdb())
+            inner = ", ".join(f"{sql_identifier(name)} {t.to_duckdb()}"
                               for name, t in self.fields)
             return f"STRUCT({inner})"
         if self.kind == "map":
@@ -638,6 +638,11 @@ _SQL_BYTE = r"\bBYTE(\s*[),[]|\s*$)"
 def sql_string(value: str) -> str:
     """A SQL string literal for `value` (quotes doubled)."""
     return "'" + value.replace("'", "''") + "'"
+
+
+def sql_identifier(name: str) -> str:
+    """A quoted SQL identifier for `name` (double quotes doubled)."""
+    return '"' + name.replace('"', '""') + '"'
 
 
 def _regexp_replace(sql: str, pattern: str, replacement: str, options: str) -> str:
