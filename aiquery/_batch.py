@@ -42,6 +42,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 import orjson
@@ -50,8 +51,9 @@ from . import _wire
 from ._config import BATCH_GATHER, Endpoint
 from ._datasets import cache_dir
 from ._errors import AIQueryError, BatchError, ConfigError, HTTPStatusError, RequestError, ResponseError
-from ._providers import Target
+from ._providers import Target, join_path
 from ._retry import retry_wait, wait_after
+from ._scrub import safe_url, shorten
 from ._transport import Response, SendError, SendTimeout
 
 if TYPE_CHECKING:
@@ -169,8 +171,10 @@ class BatchStore:
 
 
 def base_url(target: Target, task: str) -> str:
-    """The OpenAI-compatible base URL (".../v1") of a resolved chat/completions/embeddings URL."""
-    return target.url[:-len(TASK_PATHS[task])]
+    """The OpenAI-compatible base URL (".../v1") of a resolved chat/completions/embeddings URL, with
+    its query string (Azure's ?api-version=..., a gateway's ?key=...), which every batch API request carries."""
+    parts = urlsplit(target.url)
+    return urlunsplit(parts._replace(path=parts.path.removesuffix(TASK_PATHS[task])))
 
 
 def request_line(call: Call) -> bytes:
@@ -187,33 +191,36 @@ class BatchClient:
         self.endpoint, self.target, self.http, self.base = endpoint, target, http, base
         self._headers = {k: v for k, v in target.headers.items() if k.lower() != "content-type"}
 
-    async def _request(self, method: str, path: str, **options: Any) -> httpx.Response:
-        from ._engine import _status_error, transport_failure
+    async def _request(self, method: str, path: str, **options: Any) -> Response:
+        """The provider's answer, 2xx, with the keys this request carried redacted from it (a server
+        may echo them, see aiquery/_scrub.py); an AIQueryError naming the endpoint otherwise."""
+        from ._engine import _reported, _status_error, _without_secrets
 
-        url = self.base + path
+        url, secrets = join_path(self.base, path), self.target.secrets
         try:
             response = await self.http.request(method, url, headers=self._headers, timeout=self.endpoint.timeout,
                                                **options)
         except httpx.HTTPError as exc:
             timeout = isinstance(exc, httpx.TimeoutException)
             failed = SendTimeout() if timeout else SendError(str(exc) or type(exc).__name__)
-            raise transport_failure(failed, self.endpoint.name, url, self.endpoint.timeout,
-                                    self.endpoint.max_response_bytes) from None
-        if not 200 <= response.status_code < 300:
-            raise _status_error(self.endpoint, dataclasses.replace(self.target, url=url),
-                                Response(response.status_code, response.headers, response.content))
-        return response
+            raise _reported(failed, self.endpoint, url, secrets, None) from None
+        answer = _without_secrets(Response(response.status_code, {k.lower(): v for k, v in response.headers.items()},
+                                           response.content), secrets)
+        if not 200 <= answer.status < 300:
+            error = _status_error(self.endpoint, dataclasses.replace(self.target, url=safe_url(url)), answer)
+            raise _reported(error, self.endpoint, url, secrets, answer.status)
+        return answer
 
     async def _json(self, method: str, path: str, **options: Any) -> dict[str, Any]:
         response = await self._request(method, path, **options)
         try:
-            data = orjson.loads(response.content)
+            data = orjson.loads(response.body)
         except orjson.JSONDecodeError:
             data = None
         if not isinstance(data, dict):
-            raise ResponseError(f"endpoint {self.endpoint.name!r}: {method} {self.base + path} answered "
-                                f"{response.status_code} without a JSON object", endpoint=self.endpoint.name,
-                                status=response.status_code, retryable=True)
+            raise ResponseError(f"endpoint {self.endpoint.name!r}: {method} {safe_url(join_path(self.base, path))} "
+                                f"answered {response.status} without a JSON object", endpoint=self.endpoint.name,
+                                status=response.status, retryable=True)
         return data
 
     async def upload(self, content: bytes, filename: str) -> str:
@@ -249,7 +256,7 @@ class BatchClient:
         return None
 
     async def content(self, file_id: str) -> bytes:
-        return (await self._request("GET", f"/files/{file_id}/content")).content
+        return (await self._request("GET", f"/files/{file_id}/content")).body
 
     def _batch(self, data: dict[str, Any]) -> dict[str, Any]:
         if not isinstance(data.get("id"), str) or not isinstance(data.get("status"), str):
@@ -276,7 +283,7 @@ def _batch_failure(batch: dict[str, Any]) -> str:
     data = errors.get("data") if isinstance(errors, dict) else None
     messages = [f"{e.get('message')}" + (f" (line {e['line']})" if e.get("line") else "")
                 for e in data or [] if isinstance(e, dict)]
-    return "; ".join(messages) or "no reason given"
+    return shorten("; ".join(messages)) or "no reason given"
 
 
 @dataclass
@@ -437,7 +444,7 @@ class BatchDispatcher:
                 job.content = b""
                 await asyncio.to_thread(store.record, {
                     "id": job.id, "endpoint": endpoint.name, "model": job.calls[job.keys[0]][0].body.get("model"),
-                    "base_url": client.base, "task": endpoint.task, "file_id": file_id, "status": "submitting",
+                    "base_url": safe_url(client.base), "task": endpoint.task, "file_id": file_id, "status": "submitting",
                     "requests": len(job.keys)}, job.keys)
             row = store.get(job.id)
             if row is None:
@@ -565,7 +572,8 @@ class BatchDispatcher:
                 outcomes[key] = exc
             return
         error = item.get("error") if isinstance(item.get("error"), dict) else {}
-        message = _wire.error_text(body) if response else (error.get("message") or error.get("code") or "no reason")
+        message = _wire.error_text(body) if response else shorten(str(error.get("message") or error.get("code") or
+                                                                       "no reason"))
         code = f" ({error['code']})" if error.get("code") else ""
         outcomes[key] = HTTPStatusError(
             f"endpoint {endpoint.name!r}: batch {batch_id}: HTTP {status} for this row: {message}", endpoint=endpoint.name,
@@ -621,11 +629,12 @@ async def refresh(store: BatchStore, rows: list[dict[str, Any]], endpoints: dict
         for row in rows:
             endpoint = endpoints.get(row["endpoint"])
             target = resolve(endpoint) if endpoint is not None and endpoint.provider == "openai" else None
-            if target is None or endpoint.task != row["task"] or base_url(target, endpoint.task) != row["base_url"]:
+            base = base_url(target, endpoint.task) if target is not None else ""
+            if target is None or endpoint.task != row["task"] or safe_url(base) != row["base_url"]:
                 notes.append(f"{row['batch_id']}: endpoint {row['endpoint']!r} no longer points at {row['base_url']}; "
                              "status as last seen")
                 continue
-            client = BatchClient(endpoint, target, http, row["base_url"])
+            client = BatchClient(endpoint, target, http, base)  # the stored one has its keys redacted
             batch = await (client.cancel if cancel else client.retrieve)(row["batch_id"])
             store.update(row["id"], **progress_fields(batch))
     return notes

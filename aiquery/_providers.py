@@ -67,7 +67,7 @@ def header_identity(headers: Mapping[str, str]) -> bytes:
     return hashlib.blake2b(orjson.dumps(canonical), digest_size=16, person=b"aiquery-headers").digest()
 
 
-def _join(url: str, path: str) -> str:
+def join_path(url: str, path: str) -> str:
     """`path` appended to the URL's path, before its query string (Azure's ?api-version=..., a gateway's route)."""
     parts = urlsplit(url)
     return urlunsplit(parts._replace(path=parts.path.rstrip("/") + path))
@@ -134,7 +134,7 @@ def _openai(endpoint: Endpoint) -> Target:
                           f"(api_key_env names the variable that holds the key)")
     if source and key is None:
         source = None  # default variable absent: send no key, and say so if the server answers 401
-    url = _join(base, _OPENAI_PATHS[endpoint.task])
+    url = join_path(base, _OPENAI_PATHS[endpoint.task])
     headers = _headers(endpoint, key)
     return Target(url, True, source, headers, secrets=Secrets.of(key, headers, url))
 
@@ -145,5 +145,5 @@ def _databricks(endpoint: Endpoint) -> Target:
     path = f"/serving-endpoints/{serving_name}"
     if endpoint.served_model:
         path += f"/served-models/{quote(endpoint.served_model, safe='')}"
-    url = _join(_check_url(endpoint, credentials.host, "host"), path + "/invocations")
+    url = join_path(_check_url(endpoint, credentials.host, "host"), path + "/invocations")
     return Target(url, False, credentials.source, credentials.headers, credentials.auth)

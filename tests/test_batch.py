@@ -18,6 +18,7 @@ import aiquery
 from aiquery import _cli
 from conftest import CANARY_KEY
 from fakebatch import FakeBatchServer
+from fakeserver import openai_error
 from waiting import wait_for
 
 POLL = 0.02  # seconds between polls: the fake's batches move on per poll, not per second
@@ -331,3 +332,67 @@ def test_a_killed_process_resumes_its_batch_instead_of_paying_again(killed, cach
     store = Path(cache_dir) / "batches.sqlite3"
     assert store.is_file() and CANARY_KEY.encode() not in store.read_bytes()
     assert all(CANARY_KEY.encode() not in content for content in server.files.values())
+
+
+QUERY_KEY = "qk-gateway-7f3a9c21e5"  # a gateway's key in the base_url's query string
+
+
+class EchoingBatchServer(FakeBatchServer):
+    """A batch API that puts the credentials it received (the Authorization header and the URL's
+    query string) in one place of its answers, as a careless server or proxy might."""
+
+    def __init__(self, where: str, **options) -> None:
+        super().__init__(**options)
+        self.where, self.heard, self.queries = where, "", []
+
+    async def _route(self, request, record):
+        if record.path.startswith(("/v1/files", "/v1/batches")):
+            self.queries.append(request.query_string)
+        self.heard = f"{request.headers.get('Authorization', '')} {request.query_string}"
+        if self.where == "upload error" and record.path == "/v1/files" and request.method == "POST":
+            return openai_error(400, f"upload refused for {self.heard}")
+        return await super()._route(request, record)
+
+    def _validate(self, batch):
+        if self.where == "batch failure":
+            return {"code": "invalid_auth", "message": f"\x1b]0;pwned\x07refused {self.heard}", "line": None}
+        return super()._validate(batch)
+
+    def _answer(self, line, endpoint):
+        answer = super()._answer(line, endpoint)
+        if self.where == "row error":
+            answer["response"] = {"status_code": 400, "request_id": "r",
+                                  "body": {"error": {"message": f"bad row, {self.heard}"}}}
+        elif self.where == "answer":
+            answer["response"]["body"]["choices"][0]["message"]["content"] = f"hello {self.heard}"
+        return answer
+
+
+@pytest.mark.parametrize("where", ["upload error", "batch failure", "row error", "answer"])
+def test_credentials_a_batch_api_echoes_are_redacted_from_errors_rows_and_stores(where, engine, tmp_path,
+                                                                               monkeypatch):
+    monkeypatch.setenv("FAKE_KEY", CANARY_KEY)
+    with EchoingBatchServer(where, api_key=CANARY_KEY) as server:
+        endpoints = {"chat": {"base_url": f"{server.openai_base}?api_key={QUERY_KEY}&api-version=2024-06-01",
+                              "api_key_env": "FAKE_KEY", "model": "fake-chat", "batch": True,
+                              "batch_poll_interval": POLL}}
+        with aiquery.connect(endpoints=endpoints, engine=engine, cache=tmp_path / "responses.sqlite3") as con:
+            query = "SELECT ai_query('chat', 'row ' || i, failOnError => false) AS r FROM range(3) t(i)"
+            rows = str(con.sql(query).fetchall())
+            again = "SELECT ai_query('chat', 'again ' || i) FROM range(3) t(i)"  # failOnError => true
+            if where == "answer":
+                failure = str(con.sql(again).fetchall())
+            else:
+                with pytest.raises(duckdb.Error, match="endpoint 'chat'") as raised:
+                    con.sql(again).fetchall()
+                failure = str(raised.value)
+        assert all(q == f"api_key={QUERY_KEY}&api-version=2024-06-01" for q in server.queries) and server.queries
+        if where == "answer":
+            assert rows.count("hello Bearer [REDACTED] api_key=[REDACTED]") == 3, rows
+        else:
+            assert rows.count("[REDACTED]") >= 3, rows
+        if where == "batch failure":
+            assert "\x1b" not in rows and "refused Bearer [REDACTED]" in rows
+    stored = b"".join(p.read_bytes() for p in tmp_path.iterdir() if p.is_file())
+    for place, text in [("rows", rows), ("the error", failure), ("the stores", stored.decode("latin-1"))]:
+        assert CANARY_KEY not in text and QUERY_KEY not in text, f"a key leaked into {place}"
