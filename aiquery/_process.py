@@ -21,11 +21,6 @@ Installed once, by the first registration (aiquery.connect / aiquery.register):
   aiquery query of the process, then hands the signal to the handler it replaced (which raises
   KeyboardInterrupt as usual). Installed from the main thread only, and only over Python's default
   handler or someone else's handler that it then calls, never over SIG_IGN / SIG_DFL.
-  Python runs that handler on the main thread, between two bytecodes: while the main thread waits
-  inside DuckDB for a batch another DuckDB thread runs, not until the query is over. So the
-  handler also takes the signal's wakeup byte (signal.set_wakeup_fd, written by the C-level
-  handler whatever the threads do) and a thread of its own, "aiquery-sigint", cancels at once.
-  A wakeup fd someone else set is left in place (then only the main-thread handler cancels).
 
 State, all of it held weakly so that nothing here keeps a connection or an engine alive:
 
@@ -46,7 +41,6 @@ from __future__ import annotations
 import itertools
 import os
 import signal
-import socket
 import sys
 import threading
 import weakref
@@ -254,55 +248,14 @@ _WRAPPERS = {"cursor": _cursor, "interrupt": _interrupt, "execute": _execute, "r
              "unregister": _unregister}
 
 
-def _cancel_every_query() -> None:
-    for engine in list(engines):
-        engine.cancel(lambda identity: True)
-
-
 class _SigintHandler:
     def __init__(self, previous: Callable) -> None:
         self.previous = previous
-        self.watcher: threading.Thread | None = None
-        self._wakeup: socket.socket | None = None  # the end signal.set_wakeup_fd writes to
-        self._tried = False  # to watch: once (per process), as someone else's wakeup fd stays theirs
 
     def __call__(self, signum: int, frame: Any) -> Any:
-        _cancel_every_query()
+        for engine in list(engines):
+            engine.cancel(lambda identity: True)
         return self.previous(signum, frame)
-
-    def watch(self) -> None:
-        """Starts the thread that cancels on the signal's wakeup byte (main thread only)."""
-        if self._tried:
-            return
-        self._tried = True
-        receiver, sender = socket.socketpair()
-        sender.setblocking(False)  # set_wakeup_fd requires it: a full buffer drops the byte, not the signal
-        theirs = signal.set_wakeup_fd(sender.fileno(), warn_on_full_buffer=False)
-        if theirs != -1:  # an asyncio loop's signal handlers read it: put it back, theirs to keep
-            signal.set_wakeup_fd(theirs)
-            receiver.close()
-            sender.close()
-            return
-        self._wakeup = sender
-        self.watcher = threading.Thread(target=self._cancel_on_wakeup, args=(receiver,), name="aiquery-sigint",
-                                        daemon=True)
-        self.watcher.start()
-
-    def _cancel_on_wakeup(self, receiver: socket.socket) -> None:
-        with receiver:
-            while data := receiver.recv(64):  # one byte per signal Python handles, its number
-                if signal.SIGINT in data and signal.getsignal(signal.SIGINT) is self:
-                    _cancel_every_query()
-
-    def forget_after_fork(self) -> None:
-        """In a forked child: the watcher thread is the parent's, and so is the socket's other end."""
-        if self._wakeup is not None:
-            current = signal.set_wakeup_fd(-1)
-            if current != self._wakeup.fileno():
-                signal.set_wakeup_fd(current)  # someone set theirs since
-            self._wakeup.close()
-        self._wakeup = self.watcher = None
-        self._tried = False
 
 
 def _install() -> None:
@@ -313,12 +266,9 @@ def _install() -> None:
     if threading.current_thread() is not threading.main_thread():
         return  # signal.signal() works on the main thread only; a later registration there installs it
     current = signal.getsignal(signal.SIGINT)
-    if not isinstance(current, _SigintHandler):
-        if not callable(current):
-            return  # SIG_IGN / SIG_DFL / set from C: the user chose, leave it
-        current = _SigintHandler(current)
-        signal.signal(signal.SIGINT, current)
-    current.watch()
+    if isinstance(current, _SigintHandler) or not callable(current):
+        return  # already ours, or SIG_IGN / SIG_DFL / set from C: the user chose, leave it
+    signal.signal(signal.SIGINT, _SigintHandler(current))
 
 
 def shared_engine(make: Callable[[], Any]) -> Any:
@@ -331,9 +281,6 @@ def shared_engine(make: Callable[[], Any]) -> Any:
 
 def _forget_after_fork() -> None:
     _engine.clear()  # its loop thread and HTTP child belong to the parent
-    handler = signal.getsignal(signal.SIGINT)
-    if isinstance(handler, _SigintHandler):
-        handler.forget_after_fork()  # the next registration watches again
 
 
 os.register_at_fork(after_in_child=_forget_after_fork)

@@ -168,8 +168,11 @@ def test_con_interrupt_returns_at_once_and_a_rerun_sends_only_the_rest(endpoints
 
 
 SCRIPT = textwrap.dedent("""
-    import sys, time
+    import signal, sys, time
     import aiquery, duckdb
+    # As in a terminal. A process started in the background of a non-interactive shell (`cmd &` in
+    # a script) inherits SIGINT ignored; Python then installs no handler, and Ctrl-C does nothing.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     con = aiquery.connect(endpoints={"chat": {"base_url": sys.argv[1], "model": "m", "max_concurrency": 32}})
     print("started", flush=True)
     t = time.monotonic()

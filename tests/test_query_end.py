@@ -13,23 +13,16 @@ checks that the count did not grow and that the server received no more than it.
 
 from __future__ import annotations
 
-import os
 import random
-import signal
-import subprocess
-import sys
 import threading
 import time
-from pathlib import Path
 
 import duckdb
 import pytest
 
 import aiquery
 from fakeserver import FakeServer
-from waiting import settle, wait_for
-
-ROOT = Path(__file__).resolve().parent.parent
+from waiting import settle
 
 ROWS = 5000
 CONCURRENCY = 64
@@ -188,117 +181,3 @@ def test_a_failing_row_stops_the_other_batches_of_its_query(setup):
     settle(engine)
     assert sent(engine) == at_end
     assert at_end < 4 * 2048 + CONCURRENCY
-
-
-# Ctrl-C: Python runs a signal handler on the main thread between two bytecodes. When DuckDB runs
-# every ai_query batch on its other threads (it did under load: the main thread waits in C++ for
-# them), the handler ran only after the query had sent everything. The main thread's wait is
-# played here by a C mutex the query's thread holds: like DuckDB's wait, it runs no Python code.
-CTRL_C_SCRIPT = """
-import ctypes, signal, socket, sys, threading
-import aiquery
-con = aiquery.connect(endpoints={"chat": {"base_url": sys.argv[1], "model": "m", "max_concurrency": 32}}, cache=False)
-libc = ctypes.CDLL(None)
-mutex = ctypes.create_string_buffer(64)  # all zero bytes: PTHREAD_MUTEX_INITIALIZER
-outcome, locked = [], threading.Event()
-
-def query():
-    libc.pthread_mutex_lock(mutex)
-    locked.set()
-    try:
-        rows = con.cursor().execute("SELECT count(a) FROM (SELECT ai_query('chat', 'row ' || i) AS a FROM range(320) t(i))").fetchall()
-        outcome.append(f"finished {rows}")
-    except Exception as exc:
-        outcome.append(f"failed: {exc}")
-    finally:
-        libc.pthread_mutex_unlock(mutex)
-
-thread = threading.Thread(target=query)
-thread.start()
-locked.wait()
-print("started", flush=True)
-try:
-    libc.pthread_mutex_lock(mutex)  # released when the query is over
-    libc.pthread_mutex_unlock(mutex)
-    print("no KeyboardInterrupt", flush=True)
-except KeyboardInterrupt:
-    print("KeyboardInterrupt", flush=True)
-thread.join()
-print(*outcome, flush=True)
-"""
-
-
-def _start(script: str, server: FakeServer) -> subprocess.Popen:
-    proc = subprocess.Popen([sys.executable, "-c", script, server.openai_base], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
-    assert proc.stdout.readline().strip() == "started", proc.communicate(timeout=60)
-    return proc
-
-
-def test_ctrl_c_cancels_the_query_while_the_main_thread_waits_in_c():
-    with FakeServer(latency=1.0) as server:  # 320 rows, 32 at a time: 10 s if nothing stops it
-        proc = _start(CTRL_C_SCRIPT, server)
-        wait_for(lambda: len(server.requests) >= 32, what="the first round sent")
-        proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=60)
-        assert proc.returncode == 0, err
-        caught, outcome = out.splitlines()[-2:]
-        assert caught == "KeyboardInterrupt" and outcome.startswith("failed:") and "query interrupted" in outcome, out
-        assert len(server.requests) < 320  # the rest was never sent
-
-
-FORK_SCRIPT = """
-import os, signal, sys, threading
-import aiquery
-con = aiquery.connect(endpoints={"chat": {"base_url": sys.argv[1], "model": "m", "max_concurrency": 32}}, cache=False)
-child = os.fork()
-if child == 0:  # a forked worker (multiprocessing, a pre-forking server) that is then sent Ctrl-C
-    try:
-        signal.pause()
-    finally:
-        os._exit(3)
-
-def interrupt_child():
-    sys.stdin.readline()  # the test has seen the parent's query send its first round
-    os.kill(child, signal.SIGINT)
-    os.waitpid(child, 0)
-    print("child interrupted", flush=True)
-
-threading.Thread(target=interrupt_child).start()
-print("started", flush=True)
-print(con.execute("SELECT count(a) FROM (SELECT ai_query('chat', 'row ' || i) AS a FROM range(320) t(i))").fetchall(), flush=True)
-"""
-
-
-@pytest.mark.slow  # a subprocess that forks
-def test_ctrl_c_in_a_forked_child_leaves_the_parents_queries_alone():
-    with FakeServer(latency=0.5) as server:  # 320 rows, 32 at a time: 5 s
-        proc = subprocess.Popen([sys.executable, "-c", FORK_SCRIPT, server.openai_base], stdin=subprocess.PIPE,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                env={**os.environ, "PYTHONPATH": str(ROOT)})
-        assert proc.stdout.readline().strip() == "started"
-        wait_for(lambda: len(server.requests) >= 32, what="the parent's first round sent")
-        proc.stdin.write("\n")
-        proc.stdin.flush()
-        out, err = proc.communicate(timeout=60)
-        assert proc.returncode == 0 and out.splitlines() == ["child interrupted", "[(320,)]"], (out, err)
-
-
-THEIR_WAKEUP_SCRIPT = """
-import signal, socket, sys, threading
-receiver, sender = socket.socketpair()
-sender.setblocking(False)
-signal.set_wakeup_fd(sender.fileno())  # an asyncio loop with signal handlers does this
-import aiquery
-con = aiquery.connect(endpoints={"chat": {"base_url": sys.argv[1], "model": "m"}}, cache=False)
-con.cursor()
-print(signal.set_wakeup_fd(-1) == sender.fileno(), [t.name for t in threading.enumerate() if t.name == "aiquery-sigint"])
-"""
-
-
-@pytest.mark.slow  # a subprocess
-def test_a_wakeup_fd_set_by_someone_else_stays_theirs():
-    with FakeServer() as server:
-        out = subprocess.run([sys.executable, "-c", THEIR_WAKEUP_SCRIPT, server.openai_base], capture_output=True,
-                             text=True, timeout=60, env={**os.environ, "PYTHONPATH": str(ROOT)})
-        assert out.stdout.strip() == "True []", out
