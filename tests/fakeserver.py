@@ -107,7 +107,7 @@ import socket
 import struct
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from http import HTTPStatus
 from typing import Any, Callable
 
@@ -155,6 +155,12 @@ class Received:
     # "nofields", "malformed", or "sleep" when a sleep directive only delayed a normal answer;
     # None for a normal answer
     fault: str | None = None
+    connection: Any = field(default=None, repr=False, compare=False)  # the request's aiohttp protocol
+
+    @property
+    def client_gone(self) -> bool:
+        """Whether the client has closed the request's connection (hung up, or timed out)."""
+        return self.connection is None or self.connection.transport is None
 
 
 class BadRequest(Exception):
@@ -528,6 +534,7 @@ class FakeServer:
             raw=raw,
             status=0,
             arrived=time.monotonic(),
+            connection=request.protocol,
         )
         with self._lock:
             self._requests.append(record)
