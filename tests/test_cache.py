@@ -154,7 +154,9 @@ def test_con_interrupt_returns_at_once_and_a_rerun_sends_only_the_rest(endpoints
             assert set(prompts(server)) == first, "requests went on after the interrupt"
             # it returned at once: the requests in flight then were cancelled, not waited for (the
             # client hung up on them), and the query did not run to its end
-            assert any(r.status == 0 for r in server.requests) and len(first) < rows
+            assert len(first) < rows
+            wait_for(lambda: any(r.status == 0 and r.client_gone for r in server.requests),
+                     what="the client to hang up on the requests in flight")
             wait_for(lambda: not any(t.name == "aiquery-prefetch" for t in threading.enumerate()),
                      what="the read-ahead threads to end")
             kept = cached_entries(cache_dir)
