@@ -21,6 +21,9 @@ Installed once, by the first registration (aiquery.connect / aiquery.register):
   aiquery query of the process, then hands the signal to the handler it replaced (which raises
   KeyboardInterrupt as usual). Installed from the main thread only, and only over Python's default
   handler or someone else's handler that it then calls, never over SIG_IGN / SIG_DFL.
+* A filter on the `httpx` logger (the batch API client and HttpxTransport use httpx): the URLs it
+  logs at INFO ("HTTP Request: POST ...") have credentials in their query or userinfo redacted
+  (aiquery/_scrub.py `safe_url`), as a base_url may carry a gateway's `?key=...`.
 
 State, all of it held weakly so that nothing here keeps a connection or an engine alive:
 
@@ -39,6 +42,7 @@ State, all of it held weakly so that nothing here keeps a connection or an engin
 from __future__ import annotations
 
 import itertools
+import logging
 import os
 import signal
 import sys
@@ -48,6 +52,7 @@ from collections.abc import Callable
 from typing import Any
 
 import duckdb
+import httpx
 
 # DuckDB reports a query's progress only while its progress bar is enabled; printing it is turned
 # off because aiquery shows its own line (aiquery/_progress.py), and progress_bar_time = 0 has
@@ -258,7 +263,18 @@ class _SigintHandler:
         return self.previous(signum, frame)
 
 
+class _RedactedUrls(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple) and any(isinstance(arg, httpx.URL) for arg in record.args):
+            from ._scrub import safe_url
+            record.args = tuple(safe_url(str(arg)) if isinstance(arg, httpx.URL) else arg for arg in record.args)
+        return True
+
+
 def _install() -> None:
+    httpx_log = logging.getLogger("httpx")
+    if not any(isinstance(f, _RedactedUrls) for f in httpx_log.filters):
+        httpx_log.addFilter(_RedactedUrls())
     for name, wrapper in _WRAPPERS.items():
         if getattr(duckdb.DuckDBPyConnection, name) is not wrapper:
             wrapper.__doc__ = _original[name].__doc__

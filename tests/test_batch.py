@@ -3,6 +3,7 @@ filling, per-row errors, failed / expired / cancelled batches, resume after a ki
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import subprocess
@@ -370,8 +371,9 @@ class EchoingBatchServer(FakeBatchServer):
 
 @pytest.mark.parametrize("where", ["upload error", "batch failure", "row error", "answer"])
 def test_credentials_a_batch_api_echoes_are_redacted_from_errors_rows_and_stores(where, engine, tmp_path,
-                                                                               monkeypatch):
+                                                                               monkeypatch, caplog):
     monkeypatch.setenv("FAKE_KEY", CANARY_KEY)
+    caplog.set_level(logging.DEBUG)  # every logger, every level: httpx logs each URL at INFO
     with EchoingBatchServer(where, api_key=CANARY_KEY) as server:
         endpoints = {"chat": {"base_url": f"{server.openai_base}?api_key={QUERY_KEY}&api-version=2024-06-01",
                               "api_key_env": "FAKE_KEY", "model": "fake-chat", "batch": True,
@@ -394,5 +396,7 @@ def test_credentials_a_batch_api_echoes_are_redacted_from_errors_rows_and_stores
         if where == "batch failure":
             assert "\x1b" not in rows and "refused Bearer [REDACTED]" in rows
     stored = b"".join(p.read_bytes() for p in tmp_path.iterdir() if p.is_file())
-    for place, text in [("rows", rows), ("the error", failure), ("the stores", stored.decode("latin-1"))]:
+    assert "?api_key=[REDACTED]&api-version=2024-06-01" in caplog.text
+    for place, text in [("rows", rows), ("the error", failure), ("the stores", stored.decode("latin-1")),
+                        ("the logs", caplog.text)]:
         assert CANARY_KEY not in text and QUERY_KEY not in text, f"a key leaked into {place}"
