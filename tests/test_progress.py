@@ -33,6 +33,7 @@ def lines_of(sql: str, config: Path, cwd: Path) -> list[re.Match]:
             out.append(child.read_nonblocking(65536, timeout=120))
         except pexpect.EOF:
             break
+    child.wait()  # its output has ended; close() alone would signal a process still exiting (a busy machine)
     child.close()
     assert child.exitstatus == 0, "".join(out)[-2000:]
     return [m for m in map(LINE.search, "".join(out).replace("\r", "\n").split("\n")) if m]

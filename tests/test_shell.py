@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import sys
 
 import pexpect
@@ -35,8 +36,11 @@ def shell(server, tmp_path, cache_dir):
         return child
 
     yield start
-    for child in children:
-        child.close(force=True)
+    for child in children:  # the test is over: end each shell now, and wait until it has gone
+        if child.isalive():  # (pexpect's close(force=True) gives a killed process 0.1 s, too little when busy)
+            child.kill(signal.SIGKILL)
+        child.wait()
+        child.close()
 
 
 def recall(child: pexpect.spawn, shown: list[str]) -> None:
