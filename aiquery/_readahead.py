@@ -137,7 +137,9 @@ class Prefetcher(threading.Thread):
             exact = all(site.read_ahead for site in self._plan.sites) and self.evaluates_rejected is not None
             return read, not exact
         fraction = self.fraction()
-        if fraction and read:
+        # DuckDB's scan runs ahead of the rows handed over: at 100% (a small table, read in one go)
+        # most of them may still be unread, and read / fraction would be far too low.
+        if fraction and fraction < 1 and read:
             return max(read, round(read / fraction)), True
         return None, False
 

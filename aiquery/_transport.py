@@ -97,6 +97,9 @@ class AiohttpTransport:
             self._session = None
 
 
+MAX_HEADERS = 128  # header lines in one answer: aiohttp's parser stops there, so httpx does too
+
+
 class HttpxTransport:
     """httpx on the engine's loop; pass `transport=httpx.MockTransport(handler)` to fake the network."""
 
@@ -111,6 +114,9 @@ class HttpxTransport:
         try:
             async with asyncio.timeout(timeout):  # httpx's timeouts are per read: a trickle never ends them
                 async with self._client.stream("POST", url, content=body, headers=headers, timeout=timeout) as resp:
+                    if len(resp.headers.raw) > MAX_HEADERS:  # h11 stops at 16 KB only if they arrive in pieces
+                        raise SendError(f"the answer has {len(resp.headers.raw):,} header lines, more than "
+                                        f"{MAX_HEADERS} (the most aiohttp's parser accepts)")
                     status = resp.status_code
                     length = resp.headers.get("content-length", "")
                     if resp.is_stream_consumed:  # built in memory (httpx.MockTransport): read and decoded already
