@@ -54,7 +54,7 @@ from ._errors import AIQueryError, BatchError, ConfigError, HTTPStatusError, Req
 from ._providers import Target, join_path
 from ._retry import retry_wait, wait_after
 from ._scrub import safe_url, shorten
-from ._transport import Response, SendError, SendTimeout
+from ._transport import Response, SendError, SendTimeout, httpx_client
 
 if TYPE_CHECKING:
     from ._calls import Call
@@ -410,8 +410,8 @@ class BatchDispatcher:
         asyncio.get_running_loop().create_task(self._run(job))
 
     def _client(self, job: _Job) -> BatchClient:
-        if self._http is None:  # redirects are never followed: a key goes only to its own endpoint
-            self._http = httpx.AsyncClient(follow_redirects=False)
+        if self._http is None:
+            self._http = httpx_client()
         return BatchClient(job.endpoint, job.target, self._http, base_url(job.target, job.endpoint.task))
 
     async def _retrying(self, job: _Job, action, *args):
@@ -625,7 +625,7 @@ async def refresh(store: BatchStore, rows: list[dict[str, Any]], endpoints: dict
     from ._providers import resolve
 
     notes = []
-    async with httpx.AsyncClient(follow_redirects=False) as http:
+    async with httpx_client() as http:
         for row in rows:
             endpoint = endpoints.get(row["endpoint"])
             target = resolve(endpoint) if endpoint is not None and endpoint.provider == "openai" else None

@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import aiohttp
 import httpx
@@ -100,6 +100,19 @@ class AiohttpTransport:
 MAX_HEADERS = 128  # header lines in one answer: aiohttp's parser stops there, so httpx does too
 
 
+async def _refuse_many_headers(response: httpx.Response) -> None:
+    # h11 stops at 16 KB of headers only if they arrive in pieces: in one read it takes any number
+    if len(response.headers.raw) > MAX_HEADERS:
+        raise httpx.RemoteProtocolError(f"the answer has {len(response.headers.raw):,} header lines, more than "
+                                        f"{MAX_HEADERS} (the most aiohttp's parser accepts)", request=response.request)
+
+
+def httpx_client(**options: Any) -> httpx.AsyncClient:
+    """An httpx client as aiquery uses one (HttpxTransport, the batch API client): redirects never
+    followed (a key goes only to its own endpoint), at most MAX_HEADERS header lines per answer."""
+    return httpx.AsyncClient(follow_redirects=False, event_hooks={"response": [_refuse_many_headers]}, **options)
+
+
 class HttpxTransport:
     """httpx on the engine's loop; pass `transport=httpx.MockTransport(handler)` to fake the network."""
 
@@ -110,13 +123,10 @@ class HttpxTransport:
     async def post(self, url: str, headers: dict[str, str], body: bytes, timeout: float,
                    max_bytes: int = DEFAULT_MAX_RESPONSE_BYTES) -> Response:
         if self._client is None:
-            self._client = httpx.AsyncClient(follow_redirects=False, **self._options)
+            self._client = httpx_client(**self._options)
         try:
             async with asyncio.timeout(timeout):  # httpx's timeouts are per read: a trickle never ends them
                 async with self._client.stream("POST", url, content=body, headers=headers, timeout=timeout) as resp:
-                    if len(resp.headers.raw) > MAX_HEADERS:  # h11 stops at 16 KB only if they arrive in pieces
-                        raise SendError(f"the answer has {len(resp.headers.raw):,} header lines, more than "
-                                        f"{MAX_HEADERS} (the most aiohttp's parser accepts)")
                     status = resp.status_code
                     length = resp.headers.get("content-length", "")
                     if resp.is_stream_consumed:  # built in memory (httpx.MockTransport): read and decoded already

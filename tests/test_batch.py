@@ -400,3 +400,25 @@ def test_credentials_a_batch_api_echoes_are_redacted_from_errors_rows_and_stores
     for place, text in [("rows", rows), ("the error", failure), ("the stores", stored.decode("latin-1")),
                         ("the logs", caplog.text)]:
         assert CANARY_KEY not in text and QUERY_KEY not in text, f"a key leaked into {place}"
+
+
+class ManyHeadersBatchServer(FakeBatchServer):
+    """A batch API whose file upload answers with 200 header lines (2 KB: h11 accepts them)."""
+
+    async def _route(self, request, record):
+        response = await super()._route(request, record)
+        if record.path == "/v1/files" and response is not None:
+            for i in range(200):
+                response.headers[f"X-H-{i}"] = "v"
+        return response
+
+
+def test_a_batch_api_answer_with_too_many_headers_fails_its_rows(engine):
+    with ManyHeadersBatchServer() as server:
+        endpoints = {"chat": {"base_url": server.openai_base, "model": "fake-chat", "batch": True,
+                              "batch_poll_interval": POLL, "max_attempts": 1}}
+        with aiquery.connect(endpoints=endpoints, engine=engine, cache=False) as con:
+            rows = con.sql("SELECT ai_query('chat', 'row ' || i, failOnError => false).errorMessage "
+                           "FROM range(2) t(i)").fetchall()
+        assert server.created == []  # nothing was paid for
+    assert all("request failed to" in r and "more than 128" in r for (r,) in rows), rows
