@@ -54,6 +54,7 @@ from ._errors import AIQueryError, BatchError, ConfigError, HTTPStatusError, Req
 from ._providers import Target, join_path
 from ._retry import retry_wait, wait_after
 from ._scrub import safe_url, shorten
+from ._http_child import KEPT_HEADERS, header_text
 from ._transport import Response, SendError, SendTimeout, httpx_client
 
 if TYPE_CHECKING:
@@ -204,8 +205,8 @@ class BatchClient:
             timeout = isinstance(exc, httpx.TimeoutException)
             failed = SendTimeout() if timeout else SendError(str(exc) or type(exc).__name__)
             raise _reported(failed, self.endpoint, url, secrets, None) from None
-        answer = _without_secrets(Response(response.status_code, {k.lower(): v for k, v in response.headers.items()},
-                                           response.content), secrets)
+        kept = {name: header_text(response.headers[name]) for name in KEPT_HEADERS if name in response.headers}
+        answer = _without_secrets(Response(response.status_code, kept, response.content), secrets)
         if not 200 <= answer.status < 300:
             error = _status_error(self.endpoint, dataclasses.replace(self.target, url=safe_url(url)), answer)
             raise _reported(error, self.endpoint, url, secrets, answer.status)

@@ -54,6 +54,8 @@ from typing import Any
 import duckdb
 import httpx
 
+from ._scrub import safe_url
+
 # DuckDB reports a query's progress only while its progress bar is enabled; printing it is turned
 # off because aiquery shows its own line (aiquery/_progress.py), and progress_bar_time = 0 has
 # DuckDB track a query from its start rather than after 2 s.
@@ -266,7 +268,6 @@ class _SigintHandler:
 class _RedactedUrls(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         if isinstance(record.args, tuple) and any(isinstance(arg, httpx.URL) for arg in record.args):
-            from ._scrub import safe_url
             record.args = tuple(safe_url(str(arg)) if isinstance(arg, httpx.URL) else arg for arg in record.args)
         return True
 
