@@ -54,7 +54,7 @@ from ._errors import AIQueryError, BatchError, ConfigError, HTTPStatusError, Req
 from ._providers import Target, join_path
 from ._retry import retry_wait, wait_after
 from ._scrub import safe_url, shorten
-from ._http_child import KEPT_HEADERS, header_text
+from ._http_child import KEPT_HEADERS, BodyError, header_text, read_answer
 from ._transport import Response, SendError, SendTimeout, httpx_client
 
 if TYPE_CHECKING:
@@ -66,6 +66,7 @@ STORE_NAME = "batches.sqlite3"
 TERMINAL = ("completed", "failed", "expired", "cancelled")
 TASK_PATHS = {"chat": "/chat/completions", "completions": "/completions", "embeddings": "/embeddings"}
 LINE_OVERHEAD = 120   # bytes a JSONL line adds to its body (custom_id, method, url)
+MIN_TRANSFER_RATE = 256 << 10  # bytes/s: a batch file's transfer gets its timeout plus a second per 256 KiB
 FIND_PAGES = 10       # pages of 100 batches searched for one whose creation was not recorded
 _LOOKUP_CHUNK = 500
 _SCHEMA = """
@@ -185,6 +186,15 @@ def request_line(call: Call) -> bytes:
                          "body": body}) + b"\n"
 
 
+async def _paced(chunks, deadline: asyncio.Timeout, due: float):
+    """`chunks` as they arrive, moving `deadline` on by a second per MIN_TRANSFER_RATE bytes received."""
+    received = 0
+    async for chunk in chunks:
+        received += len(chunk)
+        deadline.reschedule(due + received / MIN_TRANSFER_RATE)
+        yield chunk
+
+
 class BatchClient:
     """The provider's files and batches API for one endpoint, over httpx (a few requests per batch)."""
 
@@ -192,21 +202,39 @@ class BatchClient:
         self.endpoint, self.target, self.http, self.base = endpoint, target, http, base
         self._headers = {k: v for k, v in target.headers.items() if k.lower() != "content-type"}
 
-    async def _request(self, method: str, path: str, **options: Any) -> Response:
+    async def _request(self, method: str, path: str, limit: int | None = None, sent: int = 0,
+                       **options: Any) -> Response:
         """The provider's answer, 2xx, with the keys this request carried redacted from it (a server
-        may echo them, see aiquery/_scrub.py); an AIQueryError naming the endpoint otherwise."""
+        may echo them, see aiquery/_scrub.py); an AIQueryError naming the endpoint otherwise.
+        Read as the online transports read: within `limit` bytes raw and decompressed (default
+        max_response_bytes), and within the timeout, stretched for `sent` bytes and for every
+        byte received at MIN_TRANSFER_RATE (a batch file may take longer; a trickle is cut off)."""
         from ._engine import _reported, _status_error, _without_secrets
 
-        url, secrets = join_path(self.base, path), self.target.secrets
+        url, secrets, timeout = join_path(self.base, path), self.target.secrets, self.endpoint.timeout
+        limit = limit or self.endpoint.max_response_bytes
+        due = asyncio.get_running_loop().time() + timeout + sent / MIN_TRANSFER_RATE
         try:
-            response = await self.http.request(method, url, headers=self._headers, timeout=self.endpoint.timeout,
-                                               **options)
+            async with asyncio.timeout_at(due) as deadline:
+                async with self.http.stream(method, url, headers=self._headers, timeout=timeout, **options) as resp:
+                    status, length = resp.status_code, resp.headers.get("content-length", "")
+                    body = await read_answer(status, _paced(resp.aiter_raw(), deadline, due),
+                                             resp.headers.get("content-encoding"),
+                                             int(length) if length.isdigit() else None, limit)
+                    kept = {name: header_text(resp.headers[name]) for name in KEPT_HEADERS if name in resp.headers}
+        except (TimeoutError, httpx.TimeoutException):
+            raise _reported(SendTimeout(), self.endpoint, url, secrets, None) from None
         except httpx.HTTPError as exc:
-            timeout = isinstance(exc, httpx.TimeoutException)
-            failed = SendTimeout() if timeout else SendError(str(exc) or type(exc).__name__)
-            raise _reported(failed, self.endpoint, url, secrets, None) from None
-        kept = {name: header_text(response.headers[name]) for name in KEPT_HEADERS if name in response.headers}
-        answer = _without_secrets(Response(response.status_code, kept, response.content), secrets)
+            raise _reported(SendError(str(exc) or type(exc).__name__), self.endpoint, url, secrets, None) from None
+        except BodyError as exc:
+            if exc.kind == "too_large" and limit != self.endpoint.max_response_bytes:
+                what = "decompresses to more than" if str(exc) == "decompressed" else "is larger than"
+                raise ResponseError(f"endpoint {self.endpoint.name!r}: the batch file from {safe_url(url)} {what} "
+                                    f"{limit:,} bytes (max_response_bytes for each of its requests); raise "
+                                    "max_response_bytes in the endpoint's settings if answers this large are expected",
+                                    endpoint=self.endpoint.name, status=exc.status) from None
+            raise _reported(exc, self.endpoint, url, secrets, exc.status) from None
+        answer = _without_secrets(Response(status, kept, body), secrets)
         if not 200 <= answer.status < 300:
             error = _status_error(self.endpoint, dataclasses.replace(self.target, url=safe_url(url)), answer)
             raise _reported(error, self.endpoint, url, secrets, answer.status)
@@ -225,7 +253,7 @@ class BatchClient:
         return data
 
     async def upload(self, content: bytes, filename: str) -> str:
-        data = await self._json("POST", "/files", data={"purpose": "batch"},
+        data = await self._json("POST", "/files", sent=len(content), data={"purpose": "batch"},
                                 files={"file": (filename, content, "application/jsonl")})
         if not isinstance(data.get("id"), str):
             raise ResponseError(f"endpoint {self.endpoint.name!r}: the file upload answered no file id",
@@ -256,8 +284,11 @@ class BatchClient:
             after = batches[-1].get("id")
         return None
 
-    async def content(self, file_id: str) -> bytes:
-        return (await self._request("GET", f"/files/{file_id}/content")).body
+    async def content(self, file_id: str, requests: int) -> bytes:
+        """An output or error file of a batch of `requests` requests: a line each, each answer
+        within max_response_bytes (as online), so the file within `requests` times that."""
+        limit = max(requests, 1) * self.endpoint.max_response_bytes
+        return (await self._request("GET", f"/files/{file_id}/content", limit=limit)).body
 
     def _batch(self, data: dict[str, Any]) -> dict[str, Any]:
         if not isinstance(data.get("id"), str) or not isinstance(data.get("status"), str):
@@ -515,7 +546,7 @@ class BatchDispatcher:
             outcomes = dict.fromkeys(keys, error)
         for file_id in (batch.get("output_file_id"), batch.get("error_file_id")):
             if isinstance(file_id, str) and file_id:
-                content = await self._retrying(job, client.content, file_id)
+                content = await self._retrying(job, client.content, file_id, len(keys))
                 for line in content.splitlines():
                     if line.strip():
                         self._read_line(endpoint, batch_id, line, outcomes, job.calls)

@@ -3,6 +3,8 @@ filling, per-row errors, failed / expired / cancelled batches, resume after a ki
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import os
 import signal
@@ -14,12 +16,14 @@ from pathlib import Path
 
 import duckdb
 import pytest
+from aiohttp import web
 
 import aiquery
 from aiquery import _cli
 from conftest import CANARY_KEY
 from fakebatch import FakeBatchServer
 from fakeserver import openai_error
+from hostile import gzip_bomb
 from waiting import wait_for
 
 POLL = 0.02  # seconds between polls: the fake's batches move on per poll, not per second
@@ -422,3 +426,127 @@ def test_a_batch_api_answer_with_too_many_headers_fails_its_rows(engine):
                            "FROM range(2) t(i)").fetchall()
         assert server.created == []  # nothing was paid for
     assert all("request failed to" in r and "more than 128" in r for (r,) in rows), rows
+
+
+async def _trickle(request):
+    """200 with a Content-Length it never reaches: a byte every 0.1 s."""
+    response = web.StreamResponse(headers={"Content-Type": "application/json"})
+    response.content_length = 1_000_000
+    await response.prepare(request)
+    with contextlib.suppress(ConnectionError):  # the client hangs up
+        for _ in range(600):
+            await response.write(b" ")
+            await asyncio.sleep(0.1)
+    return response
+
+
+async def _never_answers(request):
+    await asyncio.sleep(60)
+
+
+async def _bomb(request):
+    """A gzip body of 64 MiB of spaces, 64 KB on the wire."""
+    return web.Response(body=gzip_bomb(64 << 20), headers={"Content-Type": "application/json",
+                                                           "Content-Encoding": "gzip"})
+
+
+async def _endless(request):
+    """A chunked body that never ends, as fast as it can go."""
+    response = web.StreamResponse(headers={"Content-Type": "application/json"})
+    await response.prepare(request)
+    with contextlib.suppress(ConnectionError):  # the client hangs up
+        for _ in range(10_000):
+            await response.write(b" " * (64 << 10))
+    return response
+
+
+class FaultyBatchServer(FakeBatchServer):
+    """A batch API where one route (`where`) answers with `fault` instead: the file upload, a poll
+    of the batch, or the download of its output file."""
+
+    def __init__(self, where: str, fault, **options) -> None:
+        super().__init__(**options)
+        self.where, self.fault = where, fault
+
+    def _faulty(self, request, record) -> bool:
+        if self.where == "upload":
+            return record.path == "/v1/files" and request.method == "POST"
+        if self.where == "poll":
+            return record.path.startswith("/v1/batches/") and request.method == "GET"
+        if self.where == "output file":
+            outputs = {b.output_file_id for b in self.batches.values()}
+            return record.path.endswith("/content") and record.path.split("/")[3] in outputs
+        return False
+
+    async def _route(self, request, record):
+        if self._faulty(request, record):
+            return await self.fault(request)
+        return await super()._route(request, record)
+
+
+BATCH_FAULTS = {"trickle": (_trickle, "no complete answer from"), "never-answers": (_never_answers, "within 1 s"),
+                "bomb": (_bomb, "decompresses to more than"), "endless": (_endless, "is larger than")}
+
+
+@pytest.mark.parametrize("where", ["upload", "poll", "output file"])
+@pytest.mark.parametrize("fault", list(BATCH_FAULTS))
+def test_a_batch_api_answer_that_never_ends_or_never_fits_fails_its_rows(where, fault, engine):
+    """The batch API's answers are read as the online ones are: within the timeout (a batch file
+    gets more time only while its bytes keep coming) and within max_response_bytes, raw and
+    decompressed (a batch file: that for each of its requests)."""
+    respond, says = BATCH_FAULTS[fault]
+    with FaultyBatchServer(where, respond) as server:
+        endpoints = {"chat": {"base_url": server.openai_base, "model": "fake-chat", "batch": True, "timeout": 1,
+                              "batch_poll_interval": POLL, "max_attempts": 1, "max_response_bytes": 1 << 20}}
+        with aiquery.connect(endpoints=endpoints, engine=engine, cache=False) as con:
+            rows = con.sql("SELECT ai_query('chat', 'row ' || i, failOnError => false).errorMessage "
+                           "FROM range(2) t(i)").fetchall()
+            limit = "2,097,152 bytes (max_response_bytes for each" if where == "output file" else "(1,048,576 bytes)"
+            for (message,) in rows:
+                assert message.startswith("endpoint 'chat': ") and says in message, rows
+                assert fault in ("trickle", "never-answers") or limit in message, rows
+            assert len(server.created) == (0 if where == "upload" else 1)
+            # the endpoint still works: the next answers come whole
+            server.where = "nowhere"
+            assert con.sql("SELECT ai_query('chat', 'again')").fetchall() == [("echo: again",)]
+
+
+def test_a_batch_file_may_hold_more_than_max_response_bytes_within_each_answer(batch_endpoints, batch_server,
+                                                                               engine):
+    """Four answers of 400 KB: a 1.6 MB output file, above a 1 MiB max_response_bytes that each fits."""
+    endpoints = {"chat": {**batch_endpoints["chat"], "max_response_bytes": 1 << 20}}
+    with aiquery.connect(endpoints=endpoints, engine=engine, cache=False) as con:
+        rows = con.sql("SELECT length(ai_query('chat', '[[reply=' || repeat(chr(97 + i::INTEGER), 400000) || ']]')) "
+                       "FROM range(4) t(i)").fetchall()
+    assert rows == [(400000,)] * 4 and len(batch_server.created) == 1
+
+
+class SlowLinkBatchServer(FakeBatchServer):
+    """Serves output files in 64 KiB pieces 0.02 s apart (at most 3.2 MB/s), as a slow link would."""
+
+    async def _route(self, request, record):
+        response = await super()._route(request, record)
+        if not record.path.endswith("/content") or request.method != "GET":
+            return response
+        paced = web.StreamResponse(headers={"Content-Type": "application/octet-stream"})
+        paced.content_length = len(response.body)
+        await paced.prepare(request)
+        for start in range(0, len(response.body), 64 << 10):
+            await paced.write(response.body[start:start + (64 << 10)])
+            await asyncio.sleep(0.02)
+        return paced
+
+
+def test_a_batch_file_that_keeps_coming_is_read_past_the_timeout(monkeypatch, engine):
+    """A 4 MB output file takes at least 1.3 s at that pace, past a 1 s timeout: the timeout is
+    stretched while bytes keep arriving (a second per 256 KiB), as a large file on a slow link needs."""
+    monkeypatch.setenv("FAKE_KEY", CANARY_KEY)
+    with SlowLinkBatchServer(api_key=CANARY_KEY) as server:
+        endpoints = {"chat": {"base_url": server.openai_base, "api_key_env": "FAKE_KEY", "model": "fake-chat",
+                              "batch": True, "batch_poll_interval": POLL, "timeout": 1, "max_attempts": 1}}
+        with aiquery.connect(endpoints=endpoints, engine=engine, cache=False) as con:
+            rows = con.sql("SELECT length(ai_query('chat', '[[reply=' || repeat(chr(97 + i::INTEGER), 1000000) "
+                           "|| ']]')) FROM range(4) t(i)").fetchall()
+    assert rows == [(1000000,)] * 4
+    downloads = [r for r in server.requests if r.method == "GET" and r.path.endswith("/content")]
+    assert len(downloads) == 1  # read once, not retried after a timeout
