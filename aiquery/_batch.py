@@ -55,7 +55,7 @@ from ._providers import Target, join_path
 from ._retry import retry_wait, wait_after
 from ._scrub import safe_url, shorten
 from ._http_child import KEPT_HEADERS, BodyError, header_text, read_answer
-from ._transport import Response, SendError, SendTimeout, httpx_client
+from ._transport import Response, SendError, SendTimeout, Unavailable, httpx_client
 
 if TYPE_CHECKING:
     from ._calls import Call
@@ -443,7 +443,10 @@ class BatchDispatcher:
 
     def _client(self, job: _Job) -> BatchClient:
         if self._http is None:
-            self._http = httpx_client()
+            try:
+                self._http = httpx_client()
+            except Unavailable as exc:
+                raise ConfigError(f"endpoint {job.endpoint.name!r}: {exc}") from None
         return BatchClient(job.endpoint, job.target, self._http, base_url(job.target, job.endpoint.task))
 
     async def _retrying(self, job: _Job, action, *args):
@@ -467,10 +470,10 @@ class BatchDispatcher:
         return engine is not None and any(engine._needs(key) for key in job.calls)
 
     async def _run(self, job: _Job) -> None:
-        client = self._client(job)
         endpoint, store = job.endpoint, job.store
         batch: dict[str, Any] | None = None
         try:
+            client = self._client(job)
             if job.content:  # a new batch: upload (free), record, then create (paid)
                 file_id = await self._retrying(job, client.upload, job.content, f"aiquery-{job.id}.jsonl")
                 job.content = b""
@@ -657,7 +660,11 @@ async def refresh(store: BatchStore, rows: list[dict[str, Any]], endpoints: dict
     from ._providers import resolve
 
     notes = []
-    async with httpx_client() as http:
+    try:
+        http = httpx_client()
+    except Unavailable as exc:
+        raise ConfigError(f"the batch API client: {exc}") from None
+    async with http:
         for row in rows:
             endpoint = endpoints.get(row["endpoint"])
             target = resolve(endpoint) if endpoint is not None and endpoint.provider == "openai" else None

@@ -3,7 +3,7 @@
 Run by path (`python .../_http_child.py FD`), not as part of the package, so the child imports
 only the standard library, aiohttp and orjson: no DuckDB, no Arrow. The frame format is in
 aiquery/_http_process.py; `Channel` is shared by both sides, and `fetch` (one request, its body
-read within a size limit) with aiquery._transport.AiohttpTransport.
+read within a size limit) and `Proxies` with aiquery._transport.AiohttpTransport.
 
 Whatever a server sends, the child answers each request with one message: header values that
 are not UTF-8 are decoded with replacement characters, a body is read and decompressed (gzip,
@@ -12,11 +12,14 @@ timers fire on time, and any exception becomes that request's error message.
 """
 
 import asyncio
+import base64
 import signal
 import socket
 import struct
 import sys
+import urllib.request
 import zlib
+from urllib.parse import unquote, urlsplit
 
 import aiohttp
 import orjson
@@ -167,10 +170,59 @@ async def read_answer(status: int, chunks, coding: str | None, length: int | Non
         return b""
 
 
+class Proxies:
+    """The proxy of each request URL, from HTTP_PROXY, HTTPS_PROXY, ALL_PROXY and NO_PROXY (either
+    case), the variables curl, httpx (so the batch API client) and the openai client read. Read once,
+    when a session starts: aiohttp's trust_env would read them, and ~/.netrc, on every request. A
+    proxy URL's credentials are sent as Proxy-Authorization, to the proxy only."""
+
+    def __init__(self) -> None:
+        found = urllib.request.getproxies_environment()
+        self._proxies = {scheme: found.get(scheme) or found.get("all") for scheme in ("http", "https")}
+        self._no_proxy = {"no": found.get("no", "")}
+        self._any = any(self._proxies.values())
+        self._chosen: dict[str, tuple[str, dict[str, str]] | None] = {}
+
+    def __call__(self, url: str) -> tuple[str, dict[str, str]] | None:
+        """(proxy URL, headers for the proxy) for a request to `url`; None to connect directly."""
+        if not self._any:
+            return None
+        parts = urlsplit(url)
+        origin = f"{parts.scheme}://{parts.netloc}"
+        if origin not in self._chosen:
+            proxy = self._proxies.get(parts.scheme)
+            host = parts.netloc.rpartition("@")[2]
+            bypass = proxy and urllib.request.proxy_bypass_environment(host, self._no_proxy)
+            self._chosen[origin] = None if not proxy or bypass else _proxy_and_headers(proxy, parts.scheme,
+                                                                                       parts.hostname)
+        return self._chosen[origin]
+
+
+class ProxyUnusable(Exception):
+    """The environment names a proxy this client cannot speak to (SOCKS): trying again will not help."""
+
+
+def _proxy_and_headers(proxy: str, scheme: str, host: str) -> tuple[str, dict[str, str]]:
+    parts = urlsplit(proxy if "://" in proxy else "http://" + proxy)  # "host:3128" means http, as curl reads it
+    bare = parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl()
+    if parts.scheme != "http":
+        raise ProxyUnusable(f"the environment's proxy for {scheme} URLs ({scheme.upper()}_PROXY or ALL_PROXY) is "
+                            f"{bare}, and aiquery sends through HTTP proxies only: name an http:// proxy, or add "
+                            f"{host} to NO_PROXY to reach it directly")
+    if parts.username is None:
+        return bare, {}
+    credentials = f"{unquote(parts.username)}:{unquote(parts.password or '')}".encode()
+    return bare, {"Proxy-Authorization": "Basic " + base64.b64encode(credentials).decode()}
+
+
 async def fetch(session: aiohttp.ClientSession, url: str, headers: dict, body: bytes,
-                timeout: aiohttp.ClientTimeout, limit: int) -> tuple[int, dict, bytes]:
+                timeout: aiohttp.ClientTimeout, limit: int, proxies: Proxies) -> tuple[int, dict, bytes]:
     """POSTs once (redirects not followed): status, the headers the engine reads, the body."""
-    async with session.post(url, data=body, headers=headers, allow_redirects=False, timeout=timeout) as resp:
+    proxy, proxy_headers = proxies(url) or (None, None)
+    if proxy_headers and not url.startswith("https:"):  # no tunnel: the proxy reads them on the request itself
+        headers, proxy_headers = {**headers, **proxy_headers}, None
+    async with session.post(url, data=body, headers=headers, allow_redirects=False, timeout=timeout, proxy=proxy,
+                            proxy_headers=proxy_headers) as resp:
         kept = {name: header_text(resp.headers[name]) for name in KEPT_HEADERS if name in resp.headers}
         coding = resp.headers.get("content-encoding")
         length = resp.content_length
@@ -184,6 +236,7 @@ async def serve(fd: int) -> None:
     channel = Channel(*await asyncio.open_unix_connection(sock=socket.socket(fileno=fd)))
     session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0, ttl_dns_cache=300),
                                     cookie_jar=aiohttp.DummyCookieJar(), auto_decompress=False)
+    proxies = Proxies()
     headers: dict[int, dict] = {}
     timeouts: dict[float, aiohttp.ClientTimeout] = {}
     running: dict[int, asyncio.Task] = {}
@@ -192,12 +245,14 @@ async def serve(fd: int) -> None:
         client_timeout = timeouts.get(timeout) or timeouts.setdefault(timeout, aiohttp.ClientTimeout(total=timeout))
         try:
             status, kept, payload = await fetch(session, url, headers[hid], body.encode("latin-1"), client_timeout,
-                                                limit)
+                                                limit, proxies)
             channel.send(["A", rid, status, kept, payload.decode("latin-1")])
         except asyncio.TimeoutError:
             channel.send(["E", rid, "timeout", "", 0])
         except BodyError as exc:
             channel.send(["E", rid, exc.kind, str(exc), exc.status])
+        except ProxyUnusable as exc:
+            channel.send(["E", rid, "unusable", str(exc), 0])
         except aiohttp.ClientError as exc:
             channel.send(["E", rid, "failed", str(exc) or type(exc).__name__, 0])
         except Exception as exc:  # anything else fails this request, never the loop

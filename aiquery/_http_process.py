@@ -12,7 +12,8 @@ Messages are orjson arrays, many per frame (one frame per loop tick each way), a
                    ["C", rid]                cancel
                    ["P", id]                 ping: the child sends it back
   child -> parent  ["A", rid, status, {retry-after, retry-after-ms, location}, body]
-                   ["E", rid, "timeout" | "failed" | "too_large" | "undecodable" | "corrupt", detail, status]
+                   ["E", rid, kind, detail, status]   kind: "timeout", "failed", "unusable" (a proxy it
+                                             cannot use), "too_large", "undecodable" or "corrupt"
                    ["P", id]
 Bodies travel as latin-1 strings (a lossless byte-for-byte mapping). The child exits when the
 parent closes the socket or dies (end of file), so it never outlives its engine.
@@ -36,7 +37,7 @@ from pathlib import Path
 
 from ._config import DEFAULT_MAX_RESPONSE_BYTES
 from ._http_child import BodyError, Channel
-from ._transport import Response, SendError, SendTimeout
+from ._transport import Response, SendError, SendTimeout, Unavailable
 
 _CHILD = Path(__file__).with_name("_http_child.py")
 GRACE = 5.0  # seconds past a request's timeout before the child is asked whether it still runs
@@ -188,6 +189,8 @@ class ProcessTransport:
             raise SendTimeout()
         if kind == "failed":
             raise SendError(detail)
+        if kind == "unusable":
+            raise Unavailable(detail)
         raise BodyError(kind, detail, status)
 
     async def aclose(self) -> None:

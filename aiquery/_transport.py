@@ -3,12 +3,13 @@
 aiohttp is the default because it is the only client measured here that keeps hundreds of
 requests in flight on two cores (one httpx.AsyncClient tops out near 90 requests/s, see
 encode/httpx#3215). httpx stays as the seam tests inject (`httpx.MockTransport`) and for users who
-need its transports (proxies, custom TLS). A transport knows URLs, not endpoints: the client
+need its transports (custom TLS, SOCKS proxies). A transport knows URLs, not endpoints: the client
 libraries' exceptions become SendError / SendTimeout here (a body it cannot read, BodyError), and
 the engine turns those into the errors users read, in one place (aiquery/_engine.py
 `transport_failure`). Redirects are never followed: a key is sent only to the URL it was configured for.
 Every transport reads a body within the endpoint's max_response_bytes, raw and decompressed, and
-answers within its timeout, body included (aiquery/_http_child.py's `read_body` does the reading).
+answers within its timeout, body included (aiquery/_http_child.py's `read_body` does the reading),
+and goes through the proxy the environment names (aiohttp: `Proxies` there; httpx reads it itself).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import aiohttp
 import httpx
 
 from ._config import DEFAULT_MAX_RESPONSE_BYTES
-from ._http_child import KEPT_HEADERS, BodyError, fetch, header_text, read_answer
+from ._http_child import KEPT_HEADERS, BodyError, Proxies, ProxyUnusable, fetch, header_text, read_answer
 
 __all__ = ["BodyError", "Response", "SendError", "SendTimeout", "Transport", "Unavailable"]
 
@@ -68,9 +69,11 @@ class AiohttpTransport:
     def __init__(self) -> None:
         self._session: aiohttp.ClientSession | None = None
         self._timeouts: dict[float, aiohttp.ClientTimeout] = {}
+        self._proxies: Proxies | None = None
 
     def _get_session(self) -> aiohttp.ClientSession:
         if self._session is None:
+            self._proxies = Proxies()
             # limit=0: the engine's per-endpoint limits bound concurrency, not the pool.
             connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300)
             self._session = aiohttp.ClientSession(connector=connector, auto_decompress=False,
@@ -84,9 +87,12 @@ class AiohttpTransport:
         if client_timeout is None:
             client_timeout = self._timeouts[timeout] = aiohttp.ClientTimeout(total=timeout)
         try:
-            status, kept, payload = await fetch(session, url, headers, body, client_timeout, max_bytes)
+            status, kept, payload = await fetch(session, url, headers, body, client_timeout, max_bytes,
+                                                self._proxies)
         except asyncio.TimeoutError:
             raise SendTimeout() from None
+        except ProxyUnusable as exc:
+            raise Unavailable(str(exc)) from None
         except aiohttp.ClientError as exc:
             raise SendError(str(exc) or type(exc).__name__) from None
         return Response(status, kept, payload)
@@ -109,8 +115,12 @@ async def _refuse_many_headers(response: httpx.Response) -> None:
 
 def httpx_client(**options: Any) -> httpx.AsyncClient:
     """An httpx client as aiquery uses one (HttpxTransport, the batch API client): redirects never
-    followed (a key goes only to its own endpoint), at most MAX_HEADERS header lines per answer."""
-    return httpx.AsyncClient(follow_redirects=False, event_hooks={"response": [_refuse_many_headers]}, **options)
+    followed (a key goes only to its own endpoint), at most MAX_HEADERS header lines per answer.
+    Proxies from the environment, as httpx reads them; Unavailable for one it needs a package for."""
+    try:
+        return httpx.AsyncClient(follow_redirects=False, event_hooks={"response": [_refuse_many_headers]}, **options)
+    except ImportError as exc:  # a SOCKS proxy without socksio: httpx says what to install
+        raise Unavailable(str(exc)) from None
 
 
 class HttpxTransport:

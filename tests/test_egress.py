@@ -139,3 +139,122 @@ def test_the_canary_key_is_in_no_log_cache_usage_table_or_cli_output(endpoints, 
     for place, text in [("logs", caplog.text), ("usage tables", usage), ("cache", cached.decode("latin-1")),
                         ("CLI output", cli.stdout + cli.stderr)]:
         assert CANARY_KEY not in text, f"the key leaked into the {place}"
+
+
+# ---- proxies: every client aiquery makes reads HTTP(S)_PROXY and NO_PROXY, as curl and httpx do
+
+PROXY_VARIABLES = ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY")
+NOWHERE = "http://localhost:9/v1"  # nothing listens there: an answer can only have come through the proxy
+
+
+@pytest.fixture
+def proxy_env(monkeypatch):
+    """set(name=value, ...): the proxy variables as given, every other form of them unset."""
+    for name in PROXY_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+        monkeypatch.delenv(name.lower(), raising=False)
+    return lambda **names: [monkeypatch.setenv(name, value) for name, value in names.items()]
+
+
+def _engine(transport: str) -> aiquery.Engine:
+    from aiquery._http_process import ProcessTransport
+    from aiquery._transport import AiohttpTransport, HttpxTransport
+    made = {"process": ProcessTransport, "aiohttp": AiohttpTransport, "httpx": HttpxTransport}[transport]
+    return aiquery.Engine(transport=made())
+
+
+@pytest.mark.parametrize("variable", ["HTTP_PROXY", "http_proxy", "ALL_PROXY"])
+@pytest.mark.parametrize("transport", ["process", "aiohttp", "httpx"])
+def test_online_requests_go_through_the_proxy_the_environment_names(server, proxy_env, monkeypatch, variable,
+                                                                     transport):
+    monkeypatch.setenv("FAKE_KEY", CANARY_KEY)
+    proxy_env(**{variable: f"http://someone:p%40ss@127.0.0.1:{server.port}"})
+    engine = _engine(transport)
+    try:
+        endpoints = {"chat": {"base_url": NOWHERE, "model": "fake-chat", "api_key_env": "FAKE_KEY", "max_attempts": 1}}
+        with aiquery.connect(endpoints=endpoints, engine=engine, cache=False) as con:
+            assert con.sql("SELECT ai_query('chat', 'hi')").fetchall() == [("echo: hi",)]
+    finally:
+        engine.close()
+    [request] = server.requests
+    assert request.headers["host"] == "localhost:9" and request.path == "/v1/chat/completions"
+    assert request.headers["proxy-authorization"] == "Basic c29tZW9uZTpwQHNz"  # someone:p@ss
+
+
+@pytest.mark.parametrize("transport", ["process", "aiohttp", "httpx"])
+def test_https_goes_through_the_proxy_as_a_tunnel_and_its_refusal_is_the_rows_error(proxy_env, monkeypatch,
+                                                                                     transport):
+    from hostile import HostileServer, http
+
+    async def refuse(request, writer):
+        writer.write(http(403, b"no tunnels here"))
+
+    monkeypatch.setenv("FAKE_KEY", CANARY_KEY)
+    with HostileServer(refuse) as proxy:
+        proxy_env(HTTPS_PROXY=f"http://someone:secret@{proxy.url.removeprefix('http://')}")
+        engine = _engine(transport)
+        try:
+            endpoints = {"chat": {"base_url": "https://localhost:9/v1", "model": "m", "api_key_env": "FAKE_KEY",
+                                  "max_attempts": 1}}
+            with aiquery.connect(endpoints=endpoints, engine=engine, cache=False) as con:
+                [(message,)] = con.sql("SELECT ai_query('chat', 'hi', failOnError => false).errorMessage").fetchall()
+        finally:
+            engine.close()
+        requests = proxy.requests
+    assert message.startswith("endpoint 'chat': request failed to https://localhost:9/v1/chat/completions"), message
+    assert "403" in message and "secret" not in message and CANARY_KEY not in message, message
+    assert [(r.method, r.target) for r in requests] == [("CONNECT", "localhost:9")]
+    assert "authorization" not in requests[0].headers  # the key stays inside the tunnel
+    assert requests[0].headers["proxy-authorization"] == "Basic c29tZW9uZTpzZWNyZXQ="  # someone:secret
+
+
+@pytest.mark.parametrize("no_proxy", ["127.0.0.1", "example.com,127.0.0.1", "*"])
+@pytest.mark.parametrize("transport", ["process", "aiohttp", "httpx"])
+def test_no_proxy_hosts_are_reached_directly(server, proxy_env, monkeypatch, no_proxy, transport):
+    monkeypatch.setenv("FAKE_KEY", CANARY_KEY)
+    proxy_env(HTTP_PROXY="http://127.0.0.1:9", NO_PROXY=no_proxy)  # a proxy that is not there
+    engine = _engine(transport)
+    try:
+        endpoints = {"chat": {"base_url": server.openai_base, "model": "fake-chat", "api_key_env": "FAKE_KEY",
+                              "max_attempts": 1}}
+        with aiquery.connect(endpoints=endpoints, engine=engine, cache=False) as con:
+            assert con.sql("SELECT ai_query('chat', 'hi')").fetchall() == [("echo: hi",)]
+    finally:
+        engine.close()
+    assert [r.headers["host"] for r in server.requests] == [f"127.0.0.1:{server.port}"]
+
+
+def test_the_batch_api_goes_through_the_proxy_too(server, proxy_env, monkeypatch):
+    """`server` is a fake batch API acting as the proxy: a batch only completes through it."""
+    monkeypatch.setenv("FAKE_KEY", CANARY_KEY)
+    proxy_env(HTTP_PROXY=f"http://127.0.0.1:{server.port}")
+    engine = aiquery.Engine()
+    try:
+        endpoints = {"chat": {"base_url": NOWHERE, "model": "fake-chat", "api_key_env": "FAKE_KEY", "batch": True,
+                              "batch_poll_interval": 0.02, "max_attempts": 1}}
+        with aiquery.connect(endpoints=endpoints, engine=engine, cache=False) as con:
+            rows = con.sql("SELECT ai_query('chat', 'row ' || i) FROM range(3) t(i) ORDER BY 1").fetchall()
+    finally:
+        engine.close()
+    assert rows == [(f"echo: row {i}",) for i in range(3)]
+    assert len(server.created) == 1 and server.online_requests() == []
+    assert {r.headers["host"] for r in server.requests} == {"localhost:9"}
+
+
+@pytest.mark.parametrize("transport", ["process", "aiohttp", "httpx"])
+def test_a_socks_proxy_in_the_environment_is_a_clear_error_not_sent_to(server, proxy_env, monkeypatch, transport):
+    """aiohttp would speak HTTP to a SOCKS proxy, and httpx needs socksio for one: every row says
+    what to do, and nothing is sent anywhere."""
+    monkeypatch.setenv("FAKE_KEY", CANARY_KEY)
+    proxy_env(ALL_PROXY=f"socks5://someone:secret@127.0.0.1:{server.port}")
+    engine = _engine(transport)
+    try:
+        endpoints = {"chat": {"base_url": server.openai_base, "model": "fake-chat", "api_key_env": "FAKE_KEY"}}
+        with aiquery.connect(endpoints=endpoints, engine=engine, cache=False) as con:
+            rows = con.sql("SELECT ai_query('chat', 'row ' || i, failOnError => false).errorMessage "
+                           "FROM range(2) t(i)").fetchall()
+    finally:
+        engine.close()
+    says = "HTTP proxies only" if transport != "httpx" else "socksio"
+    assert all(m.startswith("endpoint 'chat': ") and says in m and "secret" not in m for (m,) in rows), rows
+    assert server.requests == []
