@@ -503,8 +503,15 @@ class BatchDispatcher:
                     await self._collect(job, client, batch)
                     return
         except AIQueryError as exc:
-            if isinstance(exc, HTTPStatusError) and exc.status == 404 and store.get(job.id)["batch_id"]:
-                store.update(job.id, status="missing", collected=1, message=str(exc))  # the provider has no such batch
+            batch_id = store.get(job.id)["batch_id"]
+            if isinstance(exc, HTTPStatusError) and exc.status == 404 and batch_id:
+                # Deleted, or another account's: never collected here, so its rows go in a new batch next time.
+                store.update(job.id, status="missing", collected=1, message=str(exc))
+                said = str(exc).removeprefix(f"endpoint {endpoint.name!r}: ")
+                exc = BatchError(f"endpoint {endpoint.name!r}: batch {batch_id}, which {store.path.name} holds these "
+                                 f"rows in, is unknown to the provider ({said}). It is marked missing: running the "
+                                 "statement again sends its rows in a new batch", endpoint=endpoint.name,
+                                 batch_id=batch_id, status=404)
             self._fail(job, exc)
         except Exception as exc:  # a defect here must fail the rows, never leave them waiting
             self._fail(job, BatchError(f"endpoint {endpoint.name!r}: batch {job.id} failed in aiquery "

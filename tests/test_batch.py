@@ -550,3 +550,24 @@ def test_a_batch_file_that_keeps_coming_is_read_past_the_timeout(monkeypatch, en
     assert rows == [(1000000,)] * 4
     downloads = [r for r in server.requests if r.method == "GET" and r.path.endswith("/content")]
     assert len(downloads) == 1  # read once, not retried after a timeout
+
+
+def test_a_recorded_batch_the_provider_does_not_know_fails_once_then_its_rows_go_in_a_new_batch(
+        batch_endpoints, batch_server, engine, tmp_path):
+    """The batch was left running (batch_max_wait), then deleted at the provider: the re-run says
+    so and marks it missing; the next run sends the rows again, in one new batch."""
+    endpoints = {"chat": {**batch_endpoints["chat"], "batch_max_wait": 0.2}}
+    query = "SELECT ai_query('chat', 'row ' || i) FROM range(3) t(i) ORDER BY 1"
+    batch_server.hold = True
+    with aiquery.connect(endpoints=endpoints, engine=engine, cache=tmp_path / "responses.sqlite3") as con:
+        with pytest.raises(duckdb.Error, match="still in_progress after batch_max_wait"):
+            con.sql(query).fetchall()
+        batch_server.batches.clear()  # deleted at the provider
+        batch_server.hold = False
+        with pytest.raises(duckdb.Error) as raised:
+            con.sql(query).fetchall()
+        assert ("endpoint 'chat': batch batch_1, which batches.sqlite3 holds these rows in, is unknown to the "
+                "provider (HTTP 404") in str(raised.value)
+        assert "running the statement again sends its rows in a new batch" in str(raised.value)
+        assert con.sql(query).fetchall() == [(f"echo: row {i}",) for i in range(3)]
+    assert len(batch_server.created) == 2 and batch_server.online_requests() == []
