@@ -503,16 +503,11 @@ class BatchDispatcher:
                     await self._collect(job, client, batch)
                     return
         except AIQueryError as exc:
-            batch_id = store.get(job.id)["batch_id"]
-            if isinstance(exc, HTTPStatusError) and exc.status == 404 and batch_id:
-                # Deleted, or another account's: never collected here, so its rows go in a new batch next time.
-                store.update(job.id, status="missing", collected=1, message=str(exc))
-                said = str(exc).removeprefix(f"endpoint {endpoint.name!r}: ")
-                exc = BatchError(f"endpoint {endpoint.name!r}: batch {batch_id}, which {store.path.name} holds these "
-                                 f"rows in, is unknown to the provider ({said}). It is marked missing: running the "
-                                 "statement again sends its rows in a new batch", endpoint=endpoint.name,
-                                 batch_id=batch_id, status=404)
-            self._fail(job, exc)
+            failure = exc
+            try:
+                failure = self._unknown_batch(job, exc) if isinstance(exc, HTTPStatusError) else exc
+            finally:  # the rows fail even if that does
+                self._fail(job, failure)
         except Exception as exc:  # a defect here must fail the rows, never leave them waiting
             self._fail(job, BatchError(f"endpoint {endpoint.name!r}: batch {job.id} failed in aiquery "
                                        f"({type(exc).__name__}: {exc}); its rows were not answered",
@@ -520,6 +515,20 @@ class BatchDispatcher:
             raise
         finally:
             self._forget(job)
+
+    @staticmethod
+    def _unknown_batch(job: _Job, exc: HTTPStatusError) -> AIQueryError:
+        """`exc`, or for a 404 about a batch recorded in the store (deleted at the provider, or
+        another account's) a BatchError saying so; the batch is marked missing, so that its rows
+        go in a new batch next time."""
+        row = job.store.get(job.id)  # None when the upload failed: nothing was recorded
+        if exc.status != 404 or row is None or not row["batch_id"]:
+            return exc
+        job.store.update(job.id, status="missing", collected=1, message=str(exc))
+        name, said = job.endpoint.name, str(exc).removeprefix(f"endpoint {job.endpoint.name!r}: ")
+        return BatchError(f"endpoint {name!r}: batch {row['batch_id']}, which {job.store.path.name} holds these rows "
+                          f"in, is unknown to the provider ({said}). It is marked missing: running the statement "
+                          "again sends its rows in a new batch", endpoint=name, batch_id=row["batch_id"], status=404)
 
     async def _create(self, job: _Job, client: BatchClient, row: dict[str, Any]) -> dict[str, Any] | None:
         """Creates the batch over the recorded file, unless one was created already (a kill or a

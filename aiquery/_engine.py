@@ -327,6 +327,7 @@ class Engine:
         elif rt.endpoint is not endpoint:
             rt.endpoint, rt.price = endpoint, price
             rt.limits.configure(endpoint.max_concurrency, endpoint.requests_per_minute, endpoint.tokens_per_minute)
+            rt.dimension = None  # another connection's settings: the model behind the URL may have changed since
         return rt
 
     async def _run(self, calls: Sequence[Call], fail_fast: bool, query: Query | None) -> list:
@@ -875,20 +876,23 @@ def _status_error(endpoint: Endpoint, target: Target, response: Response) -> HTT
         reason = ""
     message = _wire.error_text(response.body)
     text = f"endpoint {endpoint.name!r}: HTTP {status} {reason} from {target.url}: {message}"
+    hint = ""
     if status in (401, 403) and target.auth is not None:
-        text += (f". {target.auth.describe()}; " +
-                 ("the token was refused even after a refresh: check that these credentials belong to this workspace"
-                  if status == 401 else "check that this identity may query the endpoint (CAN QUERY permission)"))
+        hint = (f"{target.auth.describe()}; " +
+                ("the token was refused even after a refresh: check that these credentials belong to this workspace"
+                 if status == 401 else "check that this identity may query the endpoint (CAN QUERY permission)"))
     elif status in (401, 403):
-        text += (f". The key came from {target.key_source}; check that it is valid for this endpoint"
-                 if target.key_source else
-                 ". No key was sent: set api_key_env to the environment variable that holds the key")
+        hint = (f"The key came from {target.key_source}; check that it is valid for this endpoint"
+                if target.key_source else
+                "No key was sent: set api_key_env to the environment variable that holds the key")
     elif 300 <= status < 400:
         location = shorten(response.headers.get("location", "?"), 200)
-        text += (f". Redirect to {location} not followed (a key is only sent to its own endpoint): set "
-                 "base_url/host to the final URL")
+        hint = (f"Redirect to {location} not followed (a key is only sent to its own endpoint): set "
+                "base_url/host to the final URL")
     elif status == 404:
-        text += ". Check base_url (or host) and model in the endpoint settings"
+        hint = "Check base_url (or host) and model in the endpoint settings"
+    if hint:
+        text = f"{text.rstrip('.')}. {hint}"  # a provider's message ends with a full stop often enough
     return HTTPStatusError(text, endpoint=endpoint.name, status=status,
                            retryable=is_retryable_status(status),
                            retry_after=parse_retry_after(response.headers))

@@ -569,5 +569,6 @@ def test_a_recorded_batch_the_provider_does_not_know_fails_once_then_its_rows_go
         assert ("endpoint 'chat': batch batch_1, which batches.sqlite3 holds these rows in, is unknown to the "
                 "provider (HTTP 404") in str(raised.value)
         assert "running the statement again sends its rows in a new batch" in str(raised.value)
+        assert "No batch found with id 'batch_1'. Check base_url" in str(raised.value)  # one full stop, not two
         assert con.sql(query).fetchall() == [(f"echo: row {i}",) for i in range(3)]
     assert len(batch_server.created) == 2 and batch_server.online_requests() == []

@@ -1,6 +1,9 @@
 """ai_query on embedding endpoints: FLOAT[] columns, batching many inputs per request."""
 
+import duckdb
 import pytest
+
+import aiquery
 
 
 def test_embeddings_are_float_lists_usable_with_duckdb_functions(con):
@@ -42,3 +45,16 @@ def test_embedding_requests_must_be_strings(con, server):
     with pytest.raises(Exception, match="must be a string to embed"):
         con.sql("SELECT ai_query('embed', {'a': 1})").fetchall()
     assert server.requests == []
+
+
+def test_a_new_connection_takes_the_dimension_the_server_now_answers(endpoints, server):
+    """The model behind a URL changed between connections (a server restarted with another model,
+    or a test's port reused): the new connection's vectors are answered, and within it they must
+    still agree."""
+    with aiquery.connect(endpoints=endpoints) as con:
+        assert len(con.sql("SELECT ai_query('embed', 'first')").fetchall()[0][0]) == 8
+    server.embedding_dim = 3
+    with aiquery.connect(endpoints=endpoints) as con:
+        assert len(con.sql("SELECT ai_query('embed', 'second')").fetchall()[0][0]) == 3
+        with pytest.raises(duckdb.Error, match="answered vectors of 5 dimensions where its vectors have 3"):
+            con.sql("SELECT ai_query('embed', 'third [[dims=5]]')").fetchall()
