@@ -54,8 +54,8 @@ from ._errors import AIQueryError, BatchError, ConfigError, HTTPStatusError, Req
 from ._providers import Target, join_path
 from ._retry import retry_wait, wait_after
 from ._scrub import safe_url, shorten
-from ._http_child import KEPT_HEADERS, BodyError, header_text, read_answer
-from ._transport import Response, SendError, SendTimeout, Unavailable, httpx_client
+from ._http_child import BodyError
+from ._transport import Response, SendError, SendTimeout, Unavailable, httpx_client, read_httpx_answer
 
 if TYPE_CHECKING:
     from ._calls import Call
@@ -217,11 +217,7 @@ class BatchClient:
         try:
             async with asyncio.timeout_at(due) as deadline:
                 async with self.http.stream(method, url, headers=self._headers, timeout=timeout, **options) as resp:
-                    status, length = resp.status_code, resp.headers.get("content-length", "")
-                    body = await read_answer(status, _paced(resp.aiter_raw(), deadline, due),
-                                             resp.headers.get("content-encoding"),
-                                             int(length) if length.isdigit() else None, limit)
-                    kept = {name: header_text(resp.headers[name]) for name in KEPT_HEADERS if name in resp.headers}
+                    answer = await read_httpx_answer(resp, limit, lambda chunks: _paced(chunks, deadline, due))
         except (TimeoutError, httpx.TimeoutException):
             raise _reported(SendTimeout(), self.endpoint, url, secrets, None) from None
         except httpx.HTTPError as exc:
@@ -234,7 +230,7 @@ class BatchClient:
                                     "max_response_bytes in the endpoint's settings if answers this large are expected",
                                     endpoint=self.endpoint.name, status=exc.status) from None
             raise _reported(exc, self.endpoint, url, secrets, exc.status) from None
-        answer = _without_secrets(Response(status, kept, body), secrets)
+        answer = _without_secrets(answer, secrets)
         if not 200 <= answer.status < 300:
             error = _status_error(self.endpoint, dataclasses.replace(self.target, url=safe_url(url)), answer)
             raise _reported(error, self.endpoint, url, secrets, answer.status)

@@ -123,6 +123,20 @@ def httpx_client(**options: Any) -> httpx.AsyncClient:
         raise Unavailable(str(exc)) from None
 
 
+async def read_httpx_answer(resp: httpx.Response, limit: int, paced=None) -> Response:
+    """A streamed httpx response read as every transport reads one (read_answer: within `limit`,
+    raw and decompressed); `paced` wraps its raw chunks (the batch client's stretching deadline)."""
+    length = resp.headers.get("content-length", "")
+    if resp.is_stream_consumed:  # built in memory (httpx.MockTransport): read and decoded already
+        chunks, coding = _one_chunk(resp.content), None
+    else:  # raw, decoded by read_answer: httpx would inflate any size (and br, zstd) itself
+        chunks, coding = resp.aiter_raw(), resp.headers.get("content-encoding")
+    payload = await read_answer(resp.status_code, paced(chunks) if paced else chunks, coding,
+                                int(length) if length.isdigit() else None, limit)
+    kept = {name: header_text(resp.headers[name]) for name in KEPT_HEADERS if name in resp.headers}
+    return Response(resp.status_code, kept, payload)
+
+
 class HttpxTransport:
     """httpx on the engine's loop; pass `transport=httpx.MockTransport(handler)` to fake the network."""
 
@@ -137,20 +151,11 @@ class HttpxTransport:
         try:
             async with asyncio.timeout(timeout):  # httpx's timeouts are per read: a trickle never ends them
                 async with self._client.stream("POST", url, content=body, headers=headers, timeout=timeout) as resp:
-                    status = resp.status_code
-                    length = resp.headers.get("content-length", "")
-                    if resp.is_stream_consumed:  # built in memory (httpx.MockTransport): read and decoded already
-                        chunks, coding = _one_chunk(resp.content), None
-                    else:  # raw, decoded by read_answer: httpx would inflate any size (and br, zstd) itself
-                        chunks, coding = resp.aiter_raw(), resp.headers.get("content-encoding")
-                    payload = await read_answer(status, chunks, coding, int(length) if length.isdigit() else None,
-                                                max_bytes)
-                    kept = {name: header_text(resp.headers[name]) for name in KEPT_HEADERS if name in resp.headers}
+                    return await read_httpx_answer(resp, max_bytes)
         except (TimeoutError, httpx.TimeoutException):
             raise SendTimeout() from None
         except httpx.HTTPError as exc:
             raise SendError(str(exc) or type(exc).__name__) from None
-        return Response(status, kept, payload)
 
     async def aclose(self) -> None:
         if self._client is not None:
